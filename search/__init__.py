@@ -1,0 +1,1 @@
+"""How configurations are chosen and run: study specs, Optuna mapping, objective, workers."""

@@ -1,0 +1,1 @@
+"""How users reach bnsweep: HTTP API, persistence, client and CLI."""
