@@ -1,0 +1,120 @@
+"""Study spec → Optuna: distributions, sampler, pruner, directions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+
+from search.errors import SpecError
+from search.spec import DIMENSIONS, Choices, DimKind, Range, StudySpec
+
+# Samplers that cannot handle more than one objective.
+SINGLE_OBJECTIVE_SAMPLERS = {"cmaes"}
+SAMPLERS = ["tpe", "random", "grid", "cmaes", "gp", "qmc", "nsga2"]
+PRUNERS = ["none", "median", "percentile", "successive_halving", "hyperband"]
+
+
+def distributions(spec: StudySpec) -> dict[str, BaseDistribution]:
+    """The Optuna distribution of every searched dimension, in a stable order."""
+    out: dict[str, BaseDistribution] = {}
+    for name, dim in spec.search_space.searched().items():
+        kind = DIMENSIONS[name][0]
+        if isinstance(dim, Choices):
+            out[name] = CategoricalDistribution(dim.choices)
+        elif kind is DimKind.INT:
+            step = int(dim.step) if dim.step is not None else 1
+            out[name] = IntDistribution(int(dim.low), int(dim.high), log=dim.log, step=step)
+        else:
+            out[name] = FloatDistribution(dim.low, dim.high, log=dim.log, step=dim.step)
+    return out
+
+
+def grid_search_space(spec: StudySpec) -> dict[str, list[Any]]:
+    """The grid sampler's value lists; a continuous range (no step) is an error."""
+    grid: dict[str, list[Any]] = {}
+    for name, dim in spec.search_space.searched().items():
+        if isinstance(dim, Choices):
+            grid[name] = list(dim.choices)
+            continue
+        assert isinstance(dim, Range)
+        if dim.step is None:
+            raise SpecError(
+                f"search_space.{name}",
+                "the grid sampler needs choices or a range with a step, not a continuous range",
+            )
+        count = round((dim.high - dim.low) / dim.step) + 1
+        if count > 10_000:
+            raise SpecError(f"search_space.{name}.step", f"gives {count} grid points (max 10000)")
+        values = [dim.low + i * dim.step for i in range(count)]
+        grid[name] = [int(v) for v in values] if DIMENSIONS[name][0] is DimKind.INT else values
+    return grid
+
+
+def make_sampler(spec: StudySpec, seed: int | None = None) -> optuna.samplers.BaseSampler:
+    """The spec's sampler; options are passed as keyword arguments.
+
+    Args:
+        spec: The study spec.
+        seed: Overrides ``spec.sampler.seed``. Workers pass a seed derived from the spec's seed and
+            their slot id: samplers seeded alike in parallel workers would propose identical trials.
+    """
+    s = spec.sampler
+    seed = s.seed if seed is None else seed
+    kwargs: dict[str, Any] = dict(s.options)
+    factories: dict[str, Any] = {
+        "tpe": optuna.samplers.TPESampler,
+        "random": optuna.samplers.RandomSampler,
+        "cmaes": optuna.samplers.CmaEsSampler,
+        "gp": optuna.samplers.GPSampler,
+        "qmc": optuna.samplers.QMCSampler,
+        "nsga2": optuna.samplers.NSGAIISampler,
+    }
+    if s.name == "grid":
+        return optuna.samplers.GridSampler(grid_search_space(spec), seed=seed, **kwargs)
+    return factories[s.name](seed=seed, **kwargs)
+
+
+def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    """The spec's pruner (NopPruner for "none")."""
+    p = spec.pruner
+    factories: dict[str, Any] = {
+        "none": optuna.pruners.NopPruner,
+        "median": optuna.pruners.MedianPruner,
+        "percentile": optuna.pruners.PercentilePruner,
+        "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+        "hyperband": optuna.pruners.HyperbandPruner,
+    }
+    kwargs = dict(p.options)
+    if p.name == "hyperband":
+        kwargs.setdefault("max_resource", spec.training.epochs)
+    if p.name == "percentile":
+        kwargs.setdefault("percentile", 25.0)
+    return factories[p.name](**kwargs)
+
+
+def check_sampler_and_pruner(spec: StudySpec) -> None:
+    """Raise SpecError if the sampler/pruner cannot run this spec (built once to be sure)."""
+    if spec.is_multi_objective:
+        if spec.sampler.name in SINGLE_OBJECTIVE_SAMPLERS:
+            raise SpecError(
+                "sampler.name",
+                f"{spec.sampler.name!r} supports a single objective only; "
+                f"for two objectives use one of: "
+                f"{', '.join(n for n in SAMPLERS if n not in SINGLE_OBJECTIVE_SAMPLERS)}",
+            )
+        if spec.pruner.name != "none":
+            raise SpecError("pruner.name", "pruning is not supported for multi-objective studies")
+    for field_path, build in (("sampler.options", make_sampler), ("pruner.options", make_pruner)):
+        try:
+            build(spec)
+        except SpecError:
+            raise
+        except (TypeError, ValueError) as exc:
+            raise SpecError(field_path, str(exc).splitlines()[0]) from None

@@ -1,0 +1,95 @@
+"""Database connections: one SQLAlchemy engine for our tables, one Optuna RDBStorage for Optuna's.
+
+Pool sizing: a worker process holds two small pools (ours and Optuna's), each at most
+``POOL_SIZE + MAX_OVERFLOW`` = 3 connections and usually 1. Heartbeats go through these pools from
+our own thread (Optuna's heartbeat thread is never started: workers use ask/tell), so 32 workers
+need about 64 connections in steady state, under PostgreSQL's default ``max_connections`` of 100.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import optuna
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+POOL_SIZE = 1
+MAX_OVERFLOW = 2
+SQLITE_TIMEOUT_S = 30
+DEFAULT_HEARTBEAT_INTERVAL_S = 5
+DEFAULT_GRACE_PERIOD_S = 30
+
+
+def is_sqlite(url: str) -> bool:
+    return url.startswith("sqlite")
+
+
+def normalize_url(url: str) -> str:
+    """Use psycopg 3 for PostgreSQL URLs without a driver (pg8000 breaks past 32,767 trials)."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url.removeprefix(prefix)
+    return url
+
+
+def engine_kwargs(url: str) -> dict[str, Any]:
+    """Connection options shared by our engine and Optuna's storage."""
+    if is_sqlite(url):
+        return {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
+    return {
+        "pool_size": POOL_SIZE,
+        "max_overflow": MAX_OVERFLOW,
+        "pool_pre_ping": True,  # Optuna sets it for MySQL only; a restarted PostgreSQL needs it too
+        "pool_recycle": 300,
+    }
+
+
+@functools.cache
+def get_engine(url: str) -> Engine:
+    """The process-wide engine for bnsweep's tables (cached per URL).
+
+    On SQLite every transaction starts with ``BEGIN IMMEDIATE``: SQLite ignores ``FOR UPDATE``, and
+    a deferred transaction that reads then writes can fail to upgrade its lock under contention.
+    Taking the write lock up front serializes claims the way a row lock does on PostgreSQL.
+    """
+    url = normalize_url(url)
+    engine = sa.create_engine(url, **engine_kwargs(url))
+    if is_sqlite(url):
+
+        @event.listens_for(engine, "connect")
+        def _no_pysqlite_transactions(dbapi_conn: Any, _: Any) -> None:
+            dbapi_conn.isolation_level = None  # let the "begin" hook below control transactions
+
+        @event.listens_for(engine, "begin")
+        def _begin_immediate(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def get_storage(
+    url: str,
+    *,
+    heartbeat_interval_s: int = DEFAULT_HEARTBEAT_INTERVAL_S,
+    grace_period_s: int = DEFAULT_GRACE_PERIOD_S,
+    create_tables: bool = False,
+) -> optuna.storages.RDBStorage:
+    """Optuna's storage with heartbeats and a stale-trial retry callback.
+
+    Tables are created once (``bnsweep migrate``); workers pass ``create_tables=False`` so parallel
+    starts never race on Optuna's own ``alembic_version``.
+    """
+    from search.retry import RetryFromSpec
+
+    url = normalize_url(url)
+    return optuna.storages.RDBStorage(
+        url,
+        engine_kwargs=engine_kwargs(url),
+        heartbeat_interval=heartbeat_interval_s,
+        grace_period=grace_period_s,
+        heartbeat_stale_trial_callback=RetryFromSpec(),
+        skip_table_creation=not create_tables,
+    )

@@ -1,0 +1,385 @@
+"""Study lifecycle in the database: create, claim a slot, finish it, cancel, delete, count.
+
+Status: queued → running → completed | cancelled | failed. Exact budgets come from slot claims
+taken while holding a lock on the study row (``SELECT ... FOR UPDATE`` on PostgreSQL, the database
+write lock of ``BEGIN IMMEDIATE`` on SQLite): a read-then-write without the lock would let racing
+workers all see "one slot left" and all take it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import optuna
+import sqlalchemy as sa
+from optuna.storages._rdb import models as optuna_models
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
+
+from search.db import SlotRow, SlotState, StudyRow, StudyStatus
+from search.errors import StudyNotFoundError, StudyStateError
+from search.optuna_map import make_pruner, make_sampler
+from search.retry import SPEC_ATTR
+from search.spec import StudySpec
+
+_TRIALS = optuna_models.TrialModel.__table__
+FINISHED_STATES = ("COMPLETE", "PRUNED")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The right to run one trial of a study."""
+
+    slot_id: int
+    study_id: int
+    study_name: str
+    spec: StudySpec
+
+
+@dataclass(frozen=True)
+class TrialCounts:
+    """Trials of a study by state, plus active slots."""
+
+    complete: int = 0
+    pruned: int = 0
+    fail: int = 0
+    running: int = 0
+    waiting: int = 0
+
+    @property
+    def finished(self) -> int:
+        return self.complete + self.pruned
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "complete": self.complete,
+            "pruned": self.pruned,
+            "fail": self.fail,
+            "running": self.running,
+            "waiting": self.waiting,
+        }
+
+
+# --- create / read ------------------------------------------------------------------------------
+
+
+def create_study(
+    engine: Engine, storage: optuna.storages.BaseStorage, spec: StudySpec, owner: str | None = None
+) -> StudyRow:
+    """Create the Optuna study and our row for a validated spec.
+
+    Raises StudyStateError if the name is taken. If our insert fails after Optuna's study was made,
+    Optuna's study is deleted again, so nothing is left half-written.
+    """
+    if _find_row(engine, spec.name) is not None:
+        raise StudyStateError(f"a study named {spec.name!r} already exists")
+    try:
+        study = optuna.create_study(
+            study_name=spec.name,
+            storage=storage,
+            directions=spec.directions,
+            sampler=make_sampler(spec),
+            pruner=make_pruner(spec),
+        )
+    except optuna.exceptions.DuplicatedStudyError:
+        raise StudyStateError(f"a study named {spec.name!r} already exists") from None
+    try:
+        study.set_user_attr(SPEC_ATTR, spec.to_json_dict())
+        with engine.begin() as conn:
+            study_id = conn.execute(
+                sa.insert(StudyRow)
+                .values(
+                    name=spec.name,
+                    spec=spec.to_json_dict(),
+                    status=StudyStatus.QUEUED.value,
+                    status_reason="",
+                    owner=owner,
+                    optuna_study_id=study._study_id,
+                )
+                .returning(StudyRow.id)
+            ).scalar_one()
+    except BaseException as exc:
+        optuna.delete_study(study_name=spec.name, storage=storage)
+        if isinstance(exc, IntegrityError):
+            raise StudyStateError(f"a study named {spec.name!r} already exists") from None
+        raise
+    return get_study_row(engine, study_id)
+
+
+def _find_row(engine: Engine, name: str) -> StudyRow | None:
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(*StudyRow.__table__.c).where(StudyRow.name == name)).first()
+    return _to_row(row) if row else None
+
+
+def _to_row(row: Any) -> StudyRow:
+    return StudyRow(**row._mapping)
+
+
+def get_study_row(engine: Engine, study: int | str) -> StudyRow:
+    """Our row of a study, by id or name; StudyNotFoundError otherwise."""
+    column = StudyRow.id if isinstance(study, int) else StudyRow.name
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(*StudyRow.__table__.c).where(column == study)).first()
+    if row is None:
+        raise StudyNotFoundError(f"no study {study!r}")
+    return _to_row(row)
+
+
+def list_study_rows(
+    engine: Engine, status: str | None = None, offset: int = 0, limit: int = 50
+) -> tuple[list[StudyRow], int]:
+    """A page of studies (newest first) and the total count."""
+    query = sa.select(*StudyRow.__table__.c)
+    count = sa.select(sa.func.count()).select_from(StudyRow)
+    if status is not None:
+        query = query.where(StudyRow.status == status)
+        count = count.where(StudyRow.status == status)
+    with engine.connect() as conn:
+        total = conn.execute(count).scalar_one()
+        rows = conn.execute(query.order_by(StudyRow.id.desc()).offset(offset).limit(limit)).all()
+    return [_to_row(r) for r in rows], total
+
+
+def spec_of(row: StudyRow) -> StudySpec:
+    """The stored spec (validated when the study was created, so trusted here)."""
+    return StudySpec.model_validate(row.spec)
+
+
+def trial_counts(conn: Connection, optuna_study_id: int) -> TrialCounts:
+    """Optuna's trials of a study by state, read in the caller's transaction."""
+    rows = conn.execute(
+        sa.select(_TRIALS.c.state, sa.func.count())
+        .where(_TRIALS.c.study_id == optuna_study_id)
+        .group_by(_TRIALS.c.state)
+    ).all()
+    by_state = {(s.name if hasattr(s, "name") else str(s)).lower(): n for s, n in rows}
+    return TrialCounts(**{k: v for k, v in by_state.items() if k in TrialCounts.__annotations__})
+
+
+def counts_for(engine: Engine, optuna_study_id: int) -> TrialCounts:
+    with engine.connect() as conn:
+        return trial_counts(conn, optuna_study_id)
+
+
+# --- claims -------------------------------------------------------------------------------------
+
+
+def _db_now(conn: Connection) -> datetime:
+    return conn.execute(sa.select(sa.func.now())).scalar_one()
+
+
+def _lock_study(conn: Connection, study_id: int) -> Any:
+    return conn.execute(
+        sa.select(*StudyRow.__table__.c).where(StudyRow.id == study_id).with_for_update()
+    ).first()
+
+
+def _release_stale_slots(conn: Connection, study_id: int, grace_period_s: float) -> None:
+    """Free slots whose worker stopped heartbeating (it crashed or lost the database)."""
+    threshold = _db_now(conn) - timedelta(seconds=grace_period_s)
+    conn.execute(
+        sa.update(SlotRow)
+        .where(
+            SlotRow.study_id == study_id,
+            SlotRow.state == SlotState.ACTIVE.value,
+            SlotRow.heartbeat_at < threshold,
+        )
+        .values(state=SlotState.RELEASED.value, finished_at=sa.func.now())
+    )
+
+
+def _active_slots(conn: Connection, study_id: int) -> int:
+    return conn.execute(
+        sa.select(sa.func.count())
+        .select_from(SlotRow)
+        .where(SlotRow.study_id == study_id, SlotRow.state == SlotState.ACTIVE.value)
+    ).scalar_one()
+
+
+def _set_status(conn: Connection, study_id: int, status: StudyStatus, reason: str = "") -> None:
+    values: dict[str, Any] = {"status": status.value, "status_reason": reason}
+    if not status.is_active:
+        values["finished_at"] = sa.func.now()
+    conn.execute(sa.update(StudyRow).where(StudyRow.id == study_id).values(**values))
+
+
+def _timed_out(conn: Connection, row: Any, spec: StudySpec) -> bool:
+    timeout = spec.budget.timeout_seconds
+    if timeout is None or row.started_at is None:
+        return False
+    started = row.started_at
+    now = _db_now(conn)
+    if started.tzinfo is None and now.tzinfo is not None:
+        now = now.replace(tzinfo=None)
+    elif started.tzinfo is not None and now.tzinfo is None:
+        started = started.replace(tzinfo=None)
+    return now - started >= timedelta(seconds=timeout)
+
+
+def _settle(conn: Connection, row: Any, spec: StudySpec, active: int) -> StudyStatus:
+    """Move an active study to its terminal status when its budget says so; return the status."""
+    status = StudyStatus(row.status)
+    if not status.is_active:
+        return status
+    counts = trial_counts(conn, row.optuna_study_id)
+    if counts.finished >= spec.budget.n_trials:
+        _set_status(conn, row.id, StudyStatus.COMPLETED, f"{counts.finished} trials finished")
+        return StudyStatus.COMPLETED
+    if counts.fail > spec.budget.failure_limit:
+        _set_status(
+            conn,
+            row.id,
+            StudyStatus.FAILED,
+            f"{counts.fail} failed trials (more than budget.max_failed="
+            f"{spec.budget.failure_limit})",
+        )
+        return StudyStatus.FAILED
+    if active == 0 and _timed_out(conn, row, spec):
+        _set_status(conn, row.id, StudyStatus.COMPLETED, "timeout reached")
+        return StudyStatus.COMPLETED
+    return status
+
+
+def claim_slot(
+    engine: Engine, worker_id: str, study_ids: Sequence[int], grace_period_s: float
+) -> Claim | None:
+    """Take one trial's slot in the first of ``study_ids`` that has budget left, atomically."""
+    for study_id in study_ids:
+        with engine.begin() as conn:
+            row = _lock_study(conn, study_id)
+            if row is None or not StudyStatus(row.status).is_active:
+                continue
+            spec = StudySpec.model_validate(row.spec)
+            _release_stale_slots(conn, study_id, grace_period_s)
+            active = _active_slots(conn, study_id)
+            if not _settle(conn, row, spec, active).is_active:
+                continue
+            finished = trial_counts(conn, row.optuna_study_id).finished
+            max_parallel = spec.budget.max_parallel or spec.budget.n_trials
+            if (
+                active >= max_parallel
+                or finished + active >= spec.budget.n_trials
+                or _timed_out(conn, row, spec)
+            ):
+                continue
+            slot_id = conn.execute(
+                sa.insert(SlotRow)
+                .values(study_id=study_id, worker_id=worker_id, state=SlotState.ACTIVE.value)
+                .returning(SlotRow.id)
+            ).scalar_one()
+            if row.status == StudyStatus.QUEUED.value:
+                conn.execute(
+                    sa.update(StudyRow)
+                    .where(StudyRow.id == study_id)
+                    .values(status=StudyStatus.RUNNING.value, started_at=sa.func.now())
+                )
+            return Claim(slot_id, study_id, row.name, spec)
+    return None
+
+
+def active_study_ids(engine: Engine, study_name: str | None = None) -> list[int]:
+    """Ids of queued/running studies, oldest first (optionally just the named one)."""
+    query = sa.select(StudyRow.id).where(
+        StudyRow.status.in_([StudyStatus.QUEUED.value, StudyStatus.RUNNING.value])
+    )
+    if study_name is not None:
+        query = query.where(StudyRow.name == study_name)
+    with engine.connect() as conn:
+        return list(conn.execute(query.order_by(StudyRow.id)).scalars())
+
+
+def set_slot_trial(engine: Engine, slot_id: int, trial_number: int) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            sa.update(SlotRow)
+            .where(SlotRow.id == slot_id)
+            .values(trial_number=trial_number, heartbeat_at=sa.func.now())
+        )
+
+
+def heartbeat_slot(engine: Engine, slot_id: int) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            sa.update(SlotRow)
+            .where(SlotRow.id == slot_id, SlotRow.state == SlotState.ACTIVE.value)
+            .values(heartbeat_at=sa.func.now())
+        )
+
+
+def finish_slot(engine: Engine, slot_id: int, trial_state: str | None) -> None:
+    """Close a slot after its trial was told, then settle the study's status."""
+    with engine.begin() as conn:
+        slot = conn.execute(sa.select(SlotRow.study_id).where(SlotRow.id == slot_id)).first()
+        if slot is None:  # the study was deleted meanwhile
+            return
+        row = _lock_study(conn, slot.study_id)
+        conn.execute(
+            sa.update(SlotRow)
+            .where(SlotRow.id == slot_id)
+            .values(state=SlotState.DONE.value, trial_state=trial_state, finished_at=sa.func.now())
+        )
+        if row is not None:
+            spec = StudySpec.model_validate(row.spec)
+            _settle(conn, row, spec, _active_slots(conn, slot.study_id))
+
+
+def study_status(engine: Engine, study_id: int) -> StudyStatus | None:
+    """Current status, or None if the study no longer exists."""
+    with engine.connect() as conn:
+        status = conn.execute(sa.select(StudyRow.status).where(StudyRow.id == study_id)).scalar()
+    return StudyStatus(status) if status else None
+
+
+# --- cancel / delete / reap ---------------------------------------------------------------------
+
+
+def cancel_study(engine: Engine, study: int | str) -> StudyRow:
+    """Stop a queued or running study: no new trials; running ones stop at the next epoch."""
+    row = get_study_row(engine, study)
+    with engine.begin() as conn:
+        locked = _lock_study(conn, row.id)
+        if locked is None:
+            raise StudyNotFoundError(f"no study {study!r}")
+        if not StudyStatus(locked.status).is_active:
+            raise StudyStateError(f"study {row.name!r} is already {locked.status}")
+        _set_status(conn, row.id, StudyStatus.CANCELLED, "cancelled by request")
+    return get_study_row(engine, row.id)
+
+
+def delete_study(engine: Engine, storage: optuna.storages.BaseStorage, study: int | str) -> None:
+    """Delete our row and Optuna's study. Refused while the study is running."""
+    row = get_study_row(engine, study)
+    with engine.begin() as conn:
+        locked = _lock_study(conn, row.id)
+        if locked is None:
+            raise StudyNotFoundError(f"no study {study!r}")
+        if locked.status == StudyStatus.RUNNING.value or _active_slots(conn, row.id) > 0:
+            raise StudyStateError(f"study {row.name!r} is running; cancel it first")
+        conn.execute(sa.delete(SlotRow).where(SlotRow.study_id == row.id))
+        conn.execute(sa.delete(StudyRow).where(StudyRow.id == row.id))
+    with contextlib.suppress(KeyError):  # Optuna's study may already be gone
+        optuna.delete_study(study_name=row.name, storage=storage)
+
+
+def reap(engine: Engine, storage: optuna.storages.BaseStorage, grace_period_s: float) -> None:
+    """Housekeeping for active studies whose workers may all be dead.
+
+    Fails trials with a stale heartbeat (Optuna does so only when a worker starts a trial, so a
+    study whose workers all died would keep a RUNNING trial forever), queues their retries, frees
+    stale slots, and settles statuses (timeouts).
+    """
+    for study_id in active_study_ids(engine):
+        row = get_study_row(engine, study_id)
+        study = optuna.load_study(study_name=row.name, storage=storage)
+        optuna.storages.fail_stale_trials(study)
+        with engine.begin() as conn:
+            locked = _lock_study(conn, study_id)
+            if locked is None:
+                continue
+            _release_stale_slots(conn, study_id, grace_period_s)
+            _settle(conn, locked, spec_of(row), _active_slots(conn, study_id))

@@ -1,0 +1,380 @@
+"""The worker: a long-running process that claims slots and runs one trial per slot.
+
+It needs only the database URL: the spec travels with the study. Many workers on many machines
+against one PostgreSQL is Optuna's own distributed mode; exact budgets come from atomic slot claims
+(search/studies.py). Faults are data: a trial that diverges, runs out of memory or raises is told to
+Optuna with its reason and the worker goes on; a database blip is retried with back-off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import platform
+import signal
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+
+import optuna
+import sqlalchemy as sa
+from optuna.trial import TrialState
+from sqlalchemy.exc import SQLAlchemyError
+
+from models.device import resolve_device
+from search.db import StudyStatus, WorkerRow
+from search.objective import TrialOutcome, run_trial
+from search.optuna_map import distributions, make_pruner, make_sampler
+from search.retry import RetryFromSpec
+from search.spec import StudySpec
+from search.storage import (
+    DEFAULT_GRACE_PERIOD_S,
+    DEFAULT_HEARTBEAT_INTERVAL_S,
+    get_engine,
+    get_storage,
+)
+from search.studies import (
+    Claim,
+    active_study_ids,
+    claim_slot,
+    finish_slot,
+    heartbeat_slot,
+    set_slot_trial,
+    study_status,
+)
+
+log = logging.getLogger("bnsweep.worker")
+T = TypeVar("T")
+# Errors that mean "the database is unreachable for now": back off and try again.
+TRANSIENT_ERRORS = (SQLAlchemyError, optuna.exceptions.StorageInternalError, OSError)
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """How a worker runs."""
+
+    storage_url: str
+    device: str = "auto"
+    study_name: str | None = None  # only this study
+    idle_exit_s: float | None = None  # exit after this long with nothing to claim
+    exit_when_done: bool = False  # with study_name: exit once that study is no longer active
+    poll_s: float = 2.0  # wait between claim attempts when there is nothing to do
+    heartbeat_interval_s: int = DEFAULT_HEARTBEAT_INTERVAL_S
+    grace_period_s: int = DEFAULT_GRACE_PERIOD_S
+    max_backoff_s: float = 30.0
+
+
+class WorkerStopped(Exception):
+    """Raised in the training thread by SIGTERM/SIGINT, so the trial is told FAIL and retried.
+
+    ``optimize`` and a handler calling ``sys.exit()`` would leave the trial RUNNING.
+    """
+
+
+# --- heartbeats ---------------------------------------------------------------------------------
+
+
+class Heartbeat(threading.Thread):
+    """Records heartbeats for the worker row, its slot and its Optuna trial.
+
+    Our own thread rather than Optuna's: Optuna's dies on the first database error while training
+    goes on, and the trial is then failed as stale under a live worker. This one logs and retries.
+    """
+
+    def __init__(self, worker: Worker) -> None:
+        super().__init__(name="bnsweep-heartbeat", daemon=True)
+        self.worker = worker
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop_event.wait(self.worker.options.heartbeat_interval_s):
+            self.beat()
+
+    def beat(self) -> None:
+        w = self.worker
+        try:
+            w.update_worker_row(heartbeat_at=sa.func.now())
+            slot_id, trial_id = w.current_slot_id, w.current_trial_id
+            if slot_id is not None:
+                heartbeat_slot(w.engine, slot_id)
+            if trial_id is not None:
+                w.storage.record_heartbeat(trial_id)
+        except TRANSIENT_ERRORS as exc:
+            log.warning("heartbeat failed (will retry): %s", str(exc).splitlines()[0])
+
+
+# --- the worker ---------------------------------------------------------------------------------
+
+
+class Worker:
+    """One slot: claims a trial, trains it, tells Optuna, repeats."""
+
+    def __init__(self, options: WorkerOptions) -> None:
+        self.options = options
+        self.device = str(resolve_device(options.device))
+        self.worker_id = f"{platform.node()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.engine = get_engine(options.storage_url)
+        self.storage = get_storage(
+            options.storage_url,
+            heartbeat_interval_s=options.heartbeat_interval_s,
+            grace_period_s=options.grace_period_s,
+        )
+        self.stop_requested: str | bool = False  # the reason, once a stop is requested
+        self.in_training = False
+        self.current_slot_id: int | None = None
+        self.current_trial_id: int | None = None
+        self.trials_run = 0
+
+    # --- lifecycle
+
+    def run(self) -> int:
+        """Work until stopped, idle for ``idle_exit_s``, or (``exit_when_done``) the study ends.
+
+        Returns the number of trials this worker ran.
+        """
+        previous = self._install_signal_handlers()
+        self._retry(self._register, "register worker")
+        heartbeat = Heartbeat(self)
+        heartbeat.start()
+        idle_since = time.monotonic()
+        backoff = self.options.poll_s
+        try:
+            while not self.stop_requested:
+                try:
+                    claim = self._claim()
+                except TRANSIENT_ERRORS as exc:
+                    log.warning("database unavailable (retry in %.0fs): %s", backoff, _first(exc))
+                    self._sleep(backoff)
+                    backoff = min(backoff * 2, self.options.max_backoff_s)
+                    continue
+                backoff = self.options.poll_s
+                if claim is not None:
+                    self._run_claim(claim)
+                    idle_since = time.monotonic()
+                    continue
+                if self._should_exit(idle_since):
+                    break
+                self._sleep(self.options.poll_s)
+        finally:
+            heartbeat.stop_event.set()
+            heartbeat.join(timeout=5)
+            with contextlib.suppress(TRANSIENT_ERRORS):
+                self.update_worker_row(
+                    status="stopped", current_study_id=None, current_trial_number=None
+                )
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        return self.trials_run
+
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        """Make SIGTERM/SIGINT stop the worker cleanly; return the handlers they replace."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def handle(signum: int, _: Any) -> None:
+            self.stop_requested = f"worker stopped by {signal.Signals(signum).name}"
+            if self.in_training:
+                raise WorkerStopped(self.stop_requested)
+
+        return {signum: signal.signal(signum, handle) for signum in (signal.SIGTERM, signal.SIGINT)}
+
+    def _should_exit(self, idle_since: float) -> bool:
+        o = self.options
+        if o.exit_when_done and o.study_name and not active_study_ids(self.engine, o.study_name):
+            return True
+        return o.idle_exit_s is not None and time.monotonic() - idle_since >= o.idle_exit_s
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.stop_requested and time.monotonic() < deadline:
+            time.sleep(min(0.1, seconds))
+
+    # --- database bookkeeping
+
+    def _register(self) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.insert(WorkerRow).values(
+                    id=self.worker_id,
+                    host=platform.node(),
+                    pid=os.getpid(),
+                    device=self.device,
+                    status="idle",
+                )
+            )
+
+    def update_worker_row(self, **values: Any) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.update(WorkerRow).where(WorkerRow.id == self.worker_id).values(**values)
+            )
+
+    def _retry(self, fn: Callable[[], T], what: str) -> T:
+        """Run an idempotent database step until it succeeds (a blip or a restart is normal)."""
+        delay = min(1.0, self.options.poll_s)
+        while True:
+            try:
+                return fn()
+            except TRANSIENT_ERRORS as exc:
+                log.warning("%s failed (retry in %.1fs): %s", what, delay, _first(exc))
+                time.sleep(delay)
+                delay = min(delay * 2, self.options.max_backoff_s)
+
+    def _claim(self) -> Claim | None:
+        ids = active_study_ids(self.engine, self.options.study_name)
+        return claim_slot(self.engine, self.worker_id, ids, self.options.grace_period_s)
+
+    # --- one trial
+
+    def _run_claim(self, claim: Claim) -> None:
+        """Run one trial for a claimed slot; the slot is always closed afterwards."""
+        spec = claim.spec
+        self.current_slot_id = claim.slot_id
+        trial_state: str | None = None
+        try:
+            seed = None if spec.sampler.seed is None else spec.sampler.seed + claim.slot_id
+            study = self._retry(
+                lambda: self._load_study(claim, seed), f"load study {claim.study_name!r}"
+            )
+            trial = self._retry(lambda: self._ask(study, spec), "ask")
+            self.current_trial_id = trial._trial_id
+            self._retry(lambda: set_slot_trial(self.engine, claim.slot_id, trial.number), "slot")
+            self._retry(
+                lambda: self.update_worker_row(
+                    status="busy",
+                    current_study_id=claim.study_id,
+                    current_trial_number=trial.number,
+                ),
+                "worker row",
+            )
+            outcome, retry = self._train(claim, trial)
+            self._retry(lambda: self._tell(study, trial, outcome), "tell")
+            trial_state = outcome.state.name
+            if retry:
+                frozen = self._retry(lambda: study._storage.get_trial(trial._trial_id), "read")
+                self._retry(lambda: RetryFromSpec()(study, frozen), "queue retry")
+            self.trials_run += 1
+        finally:
+            self.current_trial_id = None
+            self._retry(lambda: finish_slot(self.engine, claim.slot_id, trial_state), "close slot")
+            self.current_slot_id = None
+            self._retry(
+                lambda: self.update_worker_row(
+                    status="idle", current_study_id=None, current_trial_number=None
+                ),
+                "worker row",
+            )
+
+    def _load_study(self, claim: Claim, seed: int | None) -> optuna.Study:
+        study = optuna.load_study(
+            study_name=claim.study_name,
+            storage=self.storage,
+            sampler=make_sampler(claim.spec, seed=seed),
+            pruner=make_pruner(claim.spec),
+        )
+        # Optuna only fails stale trials inside optimize(); with ask/tell we do it here.
+        optuna.storages.fail_stale_trials(study)
+        return study
+
+    def _ask(self, study: optuna.Study, spec: StudySpec) -> optuna.Trial:
+        with warnings.catch_warnings():
+            # We run heartbeats ourselves (see Heartbeat), so ask/tell is intended here.
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            trial = study.ask(fixed_distributions=distributions(spec))
+        self.storage.record_heartbeat(trial._trial_id)
+        return trial
+
+    def _train(self, claim: Claim, trial: optuna.Trial) -> tuple[TrialOutcome, bool]:
+        """Train; returns the outcome and whether the trial should be retried."""
+
+        def cancelled() -> bool:
+            try:
+                status = study_status(self.engine, claim.study_id)
+                return status in (None, StudyStatus.CANCELLED, StudyStatus.FAILED)
+            except TRANSIENT_ERRORS:
+                return False  # keep training through a database blip
+
+        self.in_training = True
+        try:
+            if self.stop_requested:
+                raise WorkerStopped(str(self.stop_requested))
+            return run_trial(claim.spec, trial, self.device, self.worker_id, cancelled), False
+        except WorkerStopped as exc:
+            attrs = {"status": "interrupted", "reason": str(exc), "worker_id": self.worker_id}
+            return TrialOutcome(TrialState.FAIL, None, attrs), True
+        except Exception as exc:  # a bug or bad data must not kill the worker: record it
+            log.exception("trial %s raised", trial.number)
+            attrs = {
+                "status": "error",
+                "reason": f"{type(exc).__name__}: {exc}"[:2000],
+                "worker_id": self.worker_id,
+            }
+            return TrialOutcome(TrialState.FAIL, None, attrs), False
+        finally:
+            self.in_training = False
+
+    def _tell(self, study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome) -> None:
+        storage = study._storage
+        for key, value in outcome.user_attrs.items():
+            storage.set_trial_user_attr(trial._trial_id, key, value)
+        # skip_if_finished: the trial may already have been failed as stale during a long outage.
+        study.tell(trial, outcome.values, state=outcome.state, skip_if_finished=True)
+
+
+def _first(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
+
+
+# --- several slots per machine ------------------------------------------------------------------
+
+
+def _run_one(options: WorkerOptions) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    Worker(options).run()
+
+
+def slot_devices(device: str, gpus: str | None, trials_per_device: int) -> list[str]:
+    """The device of each slot: one per GPU listed in ``gpus`` ("all" or "0,1"), K per device."""
+    if gpus is None:
+        devices = [device]
+    else:
+        import torch
+
+        if gpus == "all":
+            indices = list(range(torch.cuda.device_count()))
+        else:
+            indices = [int(i) for i in gpus.split(",") if i.strip()]
+        if not indices:
+            raise ValueError("no GPU to use (--gpus)")
+        devices = [f"cuda:{i}" for i in indices]
+    return [d for d in devices for _ in range(trials_per_device)]
+
+
+def run_workers(options: WorkerOptions, devices: list[str]) -> None:
+    """Run one worker per entry of ``devices``: in this process if one, else one process each.
+
+    SIGTERM/SIGINT to this process is forwarded to the children, which stop cleanly.
+    """
+    if len(devices) == 1:
+        Worker(replace(options, device=devices[0])).run()
+        return
+    ctx = multiprocessing.get_context("spawn")
+    children = [ctx.Process(target=_run_one, args=(replace(options, device=d),)) for d in devices]
+    for child in children:
+        child.start()
+
+    def forward(signum: int, _: Any) -> None:
+        for child in children:
+            if child.is_alive() and child.pid is not None:
+                os.kill(child.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for child in children:
+        child.join()

@@ -1,0 +1,57 @@
+"""All configuration in one pydantic-settings class (environment ``BNSWEEP_*`` and ``.env``)."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from search.spec import Limits
+
+
+class Settings(BaseSettings):
+    """bnsweep settings; each field is read from ``BNSWEEP_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="BNSWEEP_", env_file=".env", extra="ignore")
+
+    database_url: str = "sqlite:///bnsweep.db"
+    data_dir: Path = Path("data")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # Auth: writes need a key unless auth is explicitly turned off (the embedded local default
+    # started by `make run` sets BNSWEEP_AUTH=off). Reads are open either way.
+    auth: bool = True
+    max_body_bytes: int = 1_000_000
+    max_n_trials: int = Field(default=10_000, ge=1)
+    max_epochs: int = Field(default=1_000, ge=1)
+    max_timeout_seconds: float = Field(default=7 * 24 * 3600, gt=0)
+    max_parallel: int = Field(default=1_024, ge=1)
+    heartbeat_interval_s: int = Field(default=5, ge=1)
+    grace_period_s: int = Field(default=30, ge=2)
+    reaper_interval_s: float = Field(default=10.0, gt=0)
+    # Client side (CLI commands that talk to the API): default http://{host}:{port}.
+    api_url: str | None = None
+    api_key: str | None = None
+    http_timeout_s: float = Field(default=30.0, gt=0)
+
+    @property
+    def base_url(self) -> str:
+        """Where the CLI reaches the API."""
+        return (self.api_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(
+            max_n_trials=self.max_n_trials,
+            max_epochs=self.max_epochs,
+            max_timeout_seconds=self.max_timeout_seconds,
+            max_parallel=self.max_parallel,
+        )
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings (read once)."""
+    return Settings()

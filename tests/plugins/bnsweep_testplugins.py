@@ -1,0 +1,56 @@
+"""Test-only registry entries, loaded by worker and server processes via BNSWEEP_PLUGINS.
+
+- ``sleepy_mlp``: the built-in MLP that sleeps ``delay_s`` per training batch, so a test can catch a
+  trial mid-training (kill a worker, cancel a study) without a big dataset.
+- ``oom_mlp``: raises CUDA's out-of-memory error type in training, on any device.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from models.layers import NormSpec
+from models.registry import MODELS, Param
+
+
+class _Wrapped(nn.Module):
+    def __init__(self, inner: nn.Module, delay_s: float = 0.0, oom: bool = False) -> None:
+        super().__init__()
+        self.inner = inner
+        self.delay_s = delay_s
+        self.oom = oom
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and self.oom:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        if self.training and self.delay_s:
+            time.sleep(self.delay_s)
+        return self.inner(x)
+
+
+def _mlp(input_shape: tuple[int, ...], num_classes: int, norm: NormSpec) -> nn.Module:
+    return MODELS.get("mlp").builder(input_shape, num_classes, norm, width=16, depth=1, dropout=0.0)
+
+
+@MODELS.register(
+    "sleepy_mlp",
+    params=(Param("delay_s", "float", 0.05, "sleep per training batch", low=0.0, high=10.0),),
+    description="MLP that sleeps per training batch (tests)",
+    placements=("before_activation", "after_activation", "none"),
+)
+def sleepy_mlp(
+    input_shape: tuple[int, ...], num_classes: int, norm: NormSpec, delay_s: float
+) -> nn.Module:
+    return _Wrapped(_mlp(input_shape, num_classes, norm), delay_s=delay_s)
+
+
+@MODELS.register(
+    "oom_mlp",
+    description="MLP that raises CUDA's OOM error in training (tests)",
+    placements=("before_activation", "after_activation", "none"),
+)
+def oom_mlp(input_shape: tuple[int, ...], num_classes: int, norm: NormSpec) -> nn.Module:
+    return _Wrapped(_mlp(input_shape, num_classes, norm), oom=True)

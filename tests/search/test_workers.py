@@ -1,0 +1,231 @@
+"""Workers: exact budgets, bounded parallelism, pruning, cancel, retries, clean SIGTERM.
+
+Real databases (a SQLite file; the local PostgreSQL where marked), real worker processes, real
+(tiny) training.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from search.db import StudyStatus
+from search.runner import run_study
+from search.storage import get_engine, get_storage
+from search.studies import cancel_study, get_study_row
+from search.worker import Worker, WorkerOptions
+from tests.search.conftest import (
+    GRACE_S,
+    HEARTBEAT_S,
+    load_test_plugins,
+    make_study,
+    study_counts,
+    tiny_spec,
+    wait_for,
+)
+
+SLEEPY = {"name": "sleepy_mlp", "params": {"delay_s": 0.05}}
+
+
+def trials_of(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=get_storage(url)).get_trials()
+
+
+def run_in_process(url: str, name: str) -> int:
+    """One worker in this process (main thread), until the study ends."""
+    options = WorkerOptions(url, device="cpu", study_name=name, exit_when_done=True, poll_s=0.1)
+    return Worker(options).run()
+
+
+def assert_exact(url: str, name: str, n_trials: int) -> None:
+    counts = study_counts(url, name)
+    assert counts.finished == n_trials
+    assert counts.running == 0
+    assert get_study_row(get_engine(url), name).status == StudyStatus.COMPLETED
+    numbers = [t.number for t in trials_of(url, name)]
+    assert len(numbers) == len(set(numbers))
+
+
+# --- budgets ------------------------------------------------------------------------------------
+
+
+def test_sqlite_study_with_two_worker_processes_ends_with_exactly_n_trials(sqlite_url, migrate):
+    migrate(sqlite_url)
+    spec = tiny_spec("two-workers", budget={"n_trials": 5})
+    final = run_study(sqlite_url, spec, n_workers=2, device="cpu", poll_s=0.2)
+    assert final.status is StudyStatus.COMPLETED
+    assert_exact(sqlite_url, spec.name, 5)
+    study = optuna.load_study(study_name=spec.name, storage=get_storage(sqlite_url))
+    assert 0.0 <= study.best_value <= 1.0
+    attrs = study.best_trial.user_attrs
+    assert attrs["status"] == "ok" and attrs["device"] == "cpu"
+    assert {"torch_version", "bnsweep_version", "worker_id", "seed", "test_accuracy"} <= set(attrs)
+
+
+@pytest.mark.postgres
+def test_postgres_study_with_four_workers_ends_with_exactly_n_trials(pg_url, migrate, workers):
+    migrate(pg_url)
+    spec = tiny_spec("four-workers", budget={"n_trials": 8})
+    make_study(pg_url, spec)
+    workers.start(pg_url, "--study", spec.name, "--idle-exit", "2", n=4)
+    workers.wait(timeout=180)
+    assert_exact(pg_url, spec.name, 8)
+
+
+@pytest.mark.postgres
+def test_max_parallel_never_exceeded_with_eight_racing_workers(pg_url, migrate, workers):
+    load_test_plugins()
+    migrate(pg_url)
+    spec = tiny_spec("racing", model=SLEEPY, budget={"n_trials": 10, "max_parallel": 2})
+    make_study(pg_url, spec)
+    procs = workers.start(pg_url, "--study", spec.name, "--idle-exit", "2", n=8)
+    seen: list[int] = []
+    while any(p.poll() is None for p in procs):
+        seen.append(study_counts(pg_url, spec.name).running)
+        time.sleep(0.05)
+    assert max(seen) == 2  # reached, never exceeded
+    assert_exact(pg_url, spec.name, 10)
+
+
+# --- pruning, cancel, faults --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "pruner",
+    [
+        {"name": "median", "options": {"n_startup_trials": 2, "n_warmup_steps": 0}},
+        {"name": "hyperband", "options": {"min_resource": 1, "reduction_factor": 2}},
+    ],
+)
+def test_pruner_prunes_trials_in_a_small_study(sqlite_url, migrate, pruner):
+    migrate(sqlite_url)
+    spec = tiny_spec(
+        f"pruned-{pruner['name']}",
+        search_space={
+            "learning_rate": {"choices": [1e-5, 0.2]},
+            "bn_placement": "none",
+            "batch_size": 32,
+        },
+        training={"epochs": 6},
+        pruner=pruner,
+        budget={"n_trials": 12},
+    )
+    make_study(sqlite_url, spec)
+    run_in_process(sqlite_url, spec.name)
+    states = [t.state for t in trials_of(sqlite_url, spec.name)]
+    assert TrialState.PRUNED in states
+    assert_exact(sqlite_url, spec.name, 12)
+    pruned = [t for t in trials_of(sqlite_url, spec.name) if t.state is TrialState.PRUNED]
+    assert all(t.user_attrs["status"] == "pruned" for t in pruned)
+
+
+def test_cancel_stops_a_running_study_at_the_next_epoch(sqlite_url, migrate, workers):
+    load_test_plugins()
+    migrate(sqlite_url)
+    spec = tiny_spec("cancelled", model=SLEEPY, training={"epochs": 200})
+    make_study(sqlite_url, spec)
+    (proc,) = workers.start(sqlite_url, "--study", spec.name, "--idle-exit", "1")
+    wait_for(lambda: study_counts(sqlite_url, spec.name).running == 1, timeout=60)
+    cancel_study(get_engine(sqlite_url), spec.name)
+    proc.wait(timeout=30)  # the trial stops at its next epoch, then the worker idles out
+    (trial,) = trials_of(sqlite_url, spec.name)
+    assert trial.state is TrialState.FAIL
+    assert trial.user_attrs["status"] == "cancelled"
+    assert trial.user_attrs["epochs_run"] < 200
+    assert get_study_row(get_engine(sqlite_url), spec.name).status == StudyStatus.CANCELLED
+
+
+def test_sigterm_leaves_nothing_running_and_the_trial_is_retried(sqlite_url, migrate, workers):
+    load_test_plugins()
+    migrate(sqlite_url)
+    spec = tiny_spec("sigterm", model=SLEEPY, training={"epochs": 8}, budget={"n_trials": 1})
+    make_study(sqlite_url, spec)
+    (proc,) = workers.start(sqlite_url, "--study", spec.name)
+    wait_for(lambda: study_counts(sqlite_url, spec.name).running == 1, timeout=60)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    (stopped, retry) = trials_of(sqlite_url, spec.name)
+    assert stopped.state is TrialState.FAIL
+    assert stopped.user_attrs["status"] == "interrupted"
+    assert "SIGTERM" in stopped.user_attrs["reason"]
+    assert retry.state is TrialState.WAITING
+    assert retry.system_attrs["failed_trial"] == stopped.number
+    assert retry.params == stopped.params
+    # A new worker picks the retry up and finishes the study.
+    (proc2,) = workers.start(sqlite_url, "--study", spec.name, "--idle-exit", "1")
+    proc2.wait(timeout=120)
+    assert_exact(sqlite_url, spec.name, 1)
+    assert trials_of(sqlite_url, spec.name)[1].state is TrialState.COMPLETE
+
+
+@pytest.mark.postgres
+def test_killed_worker_trial_is_failed_and_retried(pg_url, migrate, workers):
+    load_test_plugins()
+    migrate(pg_url)
+    spec = tiny_spec("killed", model=SLEEPY, training={"epochs": 6}, budget={"n_trials": 4})
+    make_study(pg_url, spec)
+    victim, _ = workers.start(pg_url, "--study", spec.name, "--idle-exit", "3", n=2)
+    wait_for(lambda: study_counts(pg_url, spec.name).running == 2, timeout=90)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=10)
+    workers.wait(timeout=180)
+    trials = trials_of(pg_url, spec.name)
+    failed = [t for t in trials if t.state is TrialState.FAIL]
+    assert len(failed) == 1
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == failed[0].number]
+    assert len(retries) == 1 and retries[0].state is TrialState.COMPLETE
+    assert retries[0].params == failed[0].params
+    assert_exact(pg_url, spec.name, 4)
+    assert HEARTBEAT_S < GRACE_S
+
+
+def test_oom_trials_fail_with_their_reason_and_the_worker_goes_on(sqlite_url, migrate):
+    load_test_plugins()
+    migrate(sqlite_url)
+    spec = tiny_spec("oom", model={"name": "oom_mlp"}, budget={"n_trials": 2, "max_failed": 1})
+    make_study(sqlite_url, spec)
+    assert run_in_process(sqlite_url, spec.name) == 2
+    trials = trials_of(sqlite_url, spec.name)
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL]
+    assert all(t.user_attrs["status"] == "oom" for t in trials)
+    assert all("batch" in t.user_attrs["reason"] for t in trials)
+    row = get_study_row(get_engine(sqlite_url), spec.name)
+    assert row.status == StudyStatus.FAILED and "max_failed=1" in row.status_reason
+
+
+def test_diverged_trials_complete_with_the_defined_value(sqlite_url, migrate):
+    migrate(sqlite_url)
+    spec = tiny_spec(
+        "diverged",
+        search_space={
+            "learning_rate": 1000.0,
+            "bn_placement": "none",
+            "momentum": 0.9,
+            "batch_size": 32,
+        },
+        budget={"n_trials": 1},
+    )
+    make_study(sqlite_url, spec)
+    run_in_process(sqlite_url, spec.name)
+    (trial,) = trials_of(sqlite_url, spec.name)
+    assert trial.state is TrialState.COMPLETE
+    assert trial.value == 0.0
+    assert trial.user_attrs["status"] == "diverged"
+    assert "epoch" in trial.user_attrs["reason"]
+
+
+def test_worker_in_a_thread_does_not_touch_signal_handlers(sqlite_url, migrate):
+    migrate(sqlite_url)
+    spec = tiny_spec("threaded", budget={"n_trials": 1})
+    make_study(sqlite_url, spec)
+    before = signal.getsignal(signal.SIGTERM)
+    thread = threading.Thread(target=run_in_process, args=(sqlite_url, spec.name))
+    thread.start()
+    thread.join(timeout=120)
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert_exact(sqlite_url, spec.name, 1)
