@@ -1,14 +1,17 @@
 """Plain, frozen configuration and result types of one training run.
 
 Conventions (stated once, here):
-- ``learning_rate`` is the rate used at ``batch_size`` as given; with ``lr_scaling=True`` it is a base
-  rate at batch size 256 and the trainer uses ``learning_rate * batch_size / 256`` (linear scaling rule).
+- ``learning_rate`` is the rate used at ``batch_size`` as given; with ``lr_scaling=True`` it is a
+  base rate at batch size 256 and the trainer uses ``learning_rate * batch_size / 256`` (linear
+  scaling rule).
 - ``momentum`` is the *optimizer's* momentum (SGD momentum, or AdamW's beta1).
-- ``bn_momentum`` follows PyTorch's convention: the weight of the new batch statistic in the running
-  average (``running = (1 - bn_momentum) * running + bn_momentum * batch``); Keras' 0.99 is 0.01 here.
-- ``ghost_batch_size``: BN statistics computed over virtual batches of this size (None = whole batch).
-- ``precise_bn_batches``: before each evaluation, recompute running statistics as a true average over
-  this many training batches (0 = off).
+- ``bn_momentum`` follows PyTorch's convention: the weight of the new batch statistic in the
+  running average (``running = (1 - bn_momentum) * running + bn_momentum * batch``); Keras' 0.99
+  is 0.01 here.
+- ``ghost_batch_size``: BN statistics computed over virtual batches of this size (None = whole
+  batch).
+- ``precise_bn_batches``: before each evaluation, recompute running statistics as a true average
+  over this many training batches (0 = off).
 - Durations are seconds (``*_s``).
 """
 
@@ -146,7 +149,8 @@ class TrainResult:
     device: str
     train_s: float
     # Test metrics, measured with BN running statistics (model.eval()) and with the statistics of
-    # each test batch (BN in training mode, running stats untouched): the gap is the eval-mode effect.
+    # each test batch (BN in training mode, running stats untouched): the gap is the eval-mode
+    # effect.
     test_accuracy: float | None = None
     test_accuracy_batch_stats: float | None = None
     test_loss: float | None = None

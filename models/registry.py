@@ -1,10 +1,10 @@
 """Models and datasets resolved by registered name only.
 
-Built-ins register themselves on import of ``models.architectures`` and ``models.datasets``. Users add
-their own through Python entry points (groups ``bnsweep.models`` and ``bnsweep.datasets``; each entry
-point names a module that registers on import) or, for operators, ``BNSWEEP_PLUGINS`` (comma-separated
-module names imported at start-up). A request can only *name* a registered entry; it never supplies
-an import path.
+Built-ins register themselves on import of ``models.architectures`` and ``models.datasets``.
+Users add their own through Python entry points (groups ``bnsweep.models`` and
+``bnsweep.datasets``; each entry point names a module that registers on import) or, for
+operators, ``BNSWEEP_PLUGINS`` (comma-separated module names imported at start-up). A request
+can only *name* a registered entry; it never supplies an import path.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "float": (float, int),
     "str": (str,),
     "bool": (bool,),
+    "list[int]": (list, tuple),  # e.g. a tensor shape; checked element-wise
 }
 
 
@@ -31,7 +32,7 @@ class Param:
     """One parameter of a model or dataset builder, described for validation and for /registry."""
 
     name: str
-    type: str  # "int" | "float" | "str" | "bool"
+    type: str  # "int" | "float" | "str" | "bool" | "list[int]"
     default: Any
     description: str = ""
     choices: tuple[Any, ...] | None = None
@@ -44,8 +45,10 @@ class Param:
         if value is None and self.nullable:
             return None
         types = _TYPES[self.type]
-        if isinstance(value, bool) and self.type != "bool" or not isinstance(value, types):
+        if (isinstance(value, bool) and self.type != "bool") or not isinstance(value, types):
             raise ConfigError(field_path, f"must be of type {self.type}, got {value!r}")
+        if self.type == "list[int]":
+            return self._check_int_list(value, field_path)
         if self.type == "float":
             value = float(value)
             if value != value or value in (float("inf"), float("-inf")):
@@ -57,6 +60,16 @@ class Param:
         if self.high is not None and value > self.high:
             raise ConfigError(field_path, f"must be <= {self.high}, got {value!r}")
         return value
+
+    def _check_int_list(self, value: list[Any] | tuple[Any, ...], field_path: str) -> list[int]:
+        if not value or any(isinstance(v, bool) or not isinstance(v, int) for v in value):
+            raise ConfigError(field_path, f"must be a non-empty list of integers, got {value!r}")
+        for v in value:  # bounds apply to every element
+            if (self.low is not None and v < self.low) or (self.high is not None and v > self.high):
+                raise ConfigError(
+                    field_path, f"elements must lie in [{self.low}, {self.high}], got {value!r}"
+                )
+        return list(value)
 
     def describe(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if v is not None and k != "nullable"} | {
@@ -159,5 +172,7 @@ def load_plugins() -> None:
     for group in (MODELS.entry_point_group, DATASETS.entry_point_group):
         for ep in entry_points(group=group):
             ep.load()
-    for module in filter(None, (m.strip() for m in os.environ.get("BNSWEEP_PLUGINS", "").split(","))):
+    for module in filter(
+        None, (m.strip() for m in os.environ.get("BNSWEEP_PLUGINS", "").split(","))
+    ):
         importlib.import_module(module)

@@ -13,6 +13,15 @@ import typer
 
 from models.errors import ConfigError
 
+try:  # typer >= 0.2x vendors its own copy of click: its exceptions are not click's
+    from typer._click import exceptions as _typer_click
+except ImportError:  # pragma: no cover - older typer uses click itself
+    _typer_click = click.exceptions
+
+_EXITS = (click.exceptions.Exit, typer.Exit)
+_ABORTS = (click.exceptions.Abort, typer.Abort)
+_USAGE_ERRORS = (click.UsageError, _typer_click.UsageError)
+
 app = typer.Typer(
     name="bnsweep",
     help="Hyperparameter optimization for Batch Normalization settings.",
@@ -47,14 +56,17 @@ def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     _register_commands()
     try:
-        app(args=argv, standalone_mode=False)
-    except click.exceptions.Exit as exc:
+        # Without standalone mode an Exit raised by a command comes back as its return value.
+        code = app(args=argv, standalone_mode=False)
+    except _EXITS as exc:
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except _ABORTS:
         sys.exit(130)
-    except click.UsageError as exc:
+    except _USAGE_ERRORS as exc:
         typer.echo(f"error: {exc.format_message()}", err=True)
         sys.exit(2)
     except tuple(USER_ERRORS) as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    if isinstance(code, int) and code:
+        sys.exit(code)
