@@ -12,7 +12,9 @@ from search.db import Base
 config = context.config
 
 
-def include_object(obj, name, type_, reflected, compare_to):
+def include_object(
+    obj: object, name: str | None, type_: str, reflected: bool, compare_to: object
+) -> bool:
     """Never touch Optuna's tables (autogenerate would otherwise propose to drop them)."""
     if type_ == "table":
         return bool(name) and name.startswith(TABLE_PREFIX)

@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from search.errors import SpecError, StudyNotFoundError, StudyStateError
 from search.runner import Progress as StudyProgress
 from search.runner import run_study
-from search.spec import parse_spec_text
+from search.spec import StudySpec, parse_spec_text
 from search.storage import get_engine, get_storage
 from search.studies import get_study_row, spec_of
 from service.cli import USER_ERRORS, app, fail
@@ -33,7 +33,7 @@ def storage_url(storage: str | None) -> str:
     return storage or get_settings().database_url
 
 
-def read_spec_file(path: Path):
+def read_spec_file(path: Path) -> StudySpec:
     """Read and validate a spec file (YAML or JSON); exit 2 with one line if unreadable."""
     try:
         text = path.read_text()

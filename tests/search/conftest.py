@@ -16,7 +16,7 @@ import pytest
 import migrations
 from search.spec import StudySpec, parse_spec
 from search.storage import get_engine, get_storage
-from search.studies import counts_for, create_study, get_study_row
+from search.studies import TrialCounts, counts_for, create_study, get_study_row
 
 PLUGIN_DIR = Path(__file__).parents[1] / "plugins"
 HEARTBEAT_S = 1
@@ -132,6 +132,6 @@ def wait_for(predicate: Callable[[], bool], timeout: float, every: float = 0.1) 
         time.sleep(every)
 
 
-def study_counts(url: str, name: str):
+def study_counts(url: str, name: str) -> TrialCounts:
     row = get_study_row(get_engine(url), name)
     return counts_for(get_engine(url), row.optuna_study_id)
