@@ -3,17 +3,20 @@
 - ``sleepy_mlp``: the built-in MLP that sleeps ``delay_s`` per training batch, so a test can catch a
   trial mid-training (kill a worker, cancel a study) without a big dataset.
 - ``oom_mlp``: raises CUDA's out-of-memory error type in training, on any device.
+- ``counted_synthetic``: a small synthetic dataset that counts how often it is built.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from models.data import Dataset
 from models.layers import NormSpec
-from models.registry import MODELS, Param
+from models.registry import DATASETS, MODELS, Param
 
 
 class _Wrapped(nn.Module):
@@ -54,3 +57,19 @@ def sleepy_mlp(
 )
 def oom_mlp(input_shape: tuple[int, ...], num_classes: int, norm: NormSpec) -> nn.Module:
     return _Wrapped(_mlp(input_shape, num_classes, norm), oom=True)
+
+
+# --- a dataset that counts how often it is built ------------------------------------------------
+
+BUILDS = {"counted_synthetic": 0}
+
+
+@DATASETS.register(
+    "counted_synthetic",
+    description="the synthetic dataset, counting its builds (tests)",
+)
+def counted_synthetic(data_dir: Path) -> Dataset:
+    BUILDS["counted_synthetic"] += 1
+    synthetic = DATASETS.get("synthetic")
+    params = synthetic.resolve_params({"n_samples": 400, "shape": [8]}, "dataset.params")
+    return synthetic.builder(data_dir, **params)

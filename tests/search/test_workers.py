@@ -229,3 +229,30 @@ def test_worker_in_a_thread_does_not_touch_signal_handlers(sqlite_url, migrate):
     thread.join(timeout=120)
     assert signal.getsignal(signal.SIGTERM) is before
     assert_exact(sqlite_url, spec.name, 1)
+
+
+def test_dataset_is_built_once_per_worker_across_trials(sqlite_url, migrate):
+    load_test_plugins()
+    from bnsweep_testplugins import BUILDS
+
+    migrate(sqlite_url)
+    spec = tiny_spec("cached-data", dataset={"name": "counted_synthetic"}, budget={"n_trials": 3})
+    make_study(sqlite_url, spec)
+    before = BUILDS["counted_synthetic"]  # spec validation may have built it already
+    run_in_process(sqlite_url, spec.name)
+    assert BUILDS["counted_synthetic"] - before <= 1
+    assert_exact(sqlite_url, spec.name, 3)
+
+
+def test_trials_per_device_runs_trials_side_by_side_and_stops_cleanly(sqlite_url, migrate, workers):
+    load_test_plugins()
+    migrate(sqlite_url)
+    spec = tiny_spec("packed", model=SLEEPY, training={"epochs": 40}, budget={"n_trials": 4})
+    make_study(sqlite_url, spec)
+    (proc,) = workers.start(sqlite_url, "--study", spec.name, "--trials-per-device", "2")
+    wait_for(lambda: study_counts(sqlite_url, spec.name).running == 2, timeout=90)
+    proc.send_signal(signal.SIGTERM)  # the parent forwards it to both slots
+    assert proc.wait(timeout=30) == 0
+    counts = study_counts(sqlite_url, spec.name)
+    assert counts.running == 0
+    assert counts.fail == 2 and counts.waiting == 2  # both interrupted trials queued for retry
