@@ -1,0 +1,92 @@
+"""The FastAPI app: our API under /api/v1, /healthz, /metrics, and optuna-dashboard at the root.
+
+Migrations are not run here (``bnsweep serve`` and ``bnsweep migrate`` do it): several API
+processes starting at once must not race on the schema.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from search.storage import get_engine
+from search.studies import reap
+from service import errors
+from service.api import studies, system
+from service.dashboard import dashboard_app
+from service.limits import BodyLimit
+from service.metrics import make_registry
+from service.settings import Settings, get_settings
+from service.state import LazyStorage
+
+log = logging.getLogger("bnsweep.api")
+
+DESCRIPTION = """\
+Hyperparameter optimization of BatchNorm settings.
+
+**Auth**: reads are open; every write (POST, DELETE, and the dashboard's own write API) needs
+`Authorization: Bearer <key>` (`bnsweep keys create NAME`) unless the server runs with
+`BNSWEEP_AUTH=off`. Errors are JSON `{"detail": ...}`; a bad spec answers 422 with the field path in
+`detail[0].loc`. The Optuna dashboard is at [/dashboard](/dashboard).
+"""
+
+
+class Reaper(threading.Thread):
+    """Fails stale trials and settles studies whose workers all died, every ``interval_s``.
+
+    A thread, not a task on the event loop: ``reap`` is blocking database work.
+    """
+
+    def __init__(self, settings: Settings, storage: LazyStorage) -> None:
+        super().__init__(name="bnsweep-reaper", daemon=True)
+        self.settings = settings
+        self.storage = storage
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        s = self.settings
+        while not self.stop_event.wait(s.reaper_interval_s):
+            try:
+                reap(get_engine(s.database_url), self.storage.get(), s.grace_period_s)
+            except Exception as exc:  # a database blip must not end housekeeping
+                log.warning("reaper: %s", (str(exc).splitlines() or [type(exc).__name__])[0])
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app for ``settings`` (default: the process settings)."""
+    settings = settings or get_settings()
+    engine = get_engine(settings.database_url)
+    storage = LazyStorage(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        reaper = Reaper(settings, storage)
+        reaper.start()
+        try:
+            yield
+        finally:
+            reaper.stop_event.set()
+            reaper.join(timeout=10)
+
+    app = FastAPI(
+        title="bnsweep",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.storage = storage
+    app.state.metrics = make_registry(engine, settings.grace_period_s)
+    errors.install(app)
+    app.include_router(studies.router, prefix="/api/v1")
+    app.include_router(system.api, prefix="/api/v1")
+    app.include_router(system.ops)
+    # Last: the dashboard matches every path, so our routes must be tried first.
+    app.mount("/", dashboard_app(storage, engine, settings.auth))
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    return app

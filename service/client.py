@@ -1,0 +1,148 @@
+"""The one HTTP client of the bnsweep API (the CLI uses it; so can notebooks and scripts)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from service.settings import Settings, get_settings
+
+
+class ApiError(Exception):
+    """An error answer from the API (or no answer: status 0). ``str()`` is one line."""
+
+    def __init__(self, status: int, detail: Any) -> None:
+        super().__init__(status, detail)
+        self.status = status
+        self.detail = detail
+
+    def __str__(self) -> str:
+        detail = self.detail
+        if isinstance(detail, list) and detail and isinstance(detail[0], Mapping):
+            # 422: name the field, as the CLI does for a local spec error
+            first = detail[0]
+            where = ".".join(str(p) for p in first.get("loc", [])[1:]) or "spec"
+            detail = f"{where}: {first.get('msg')}"
+        text = " ".join(str(detail).split())
+        return f"{text} (HTTP {self.status})" if self.status else text
+
+
+class Client:
+    """Methods mirror the API; study arguments accept an id or a name."""
+
+    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 30.0) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> Client:
+        """From ``BNSWEEP_API_URL`` (default ``http://{host}:{port}``) and ``BNSWEEP_API_KEY``."""
+        s = settings or get_settings()
+        return cls(s.base_url, s.api_key, s.http_timeout_s)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # --- transport
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ApiError(
+                0, f"cannot reach {self.base_url}: {exc or type(exc).__name__}"
+            ) from None
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail", response.text)
+            except (ValueError, AttributeError):
+                detail = response.text or response.reason_phrase
+            raise ApiError(response.status_code, detail)
+        return response.json() if response.content else None
+
+    def study_id(self, study: int | str) -> int:
+        """An id as given, or the id of the study named ``study``."""
+        if isinstance(study, int) or (isinstance(study, str) and study.isdigit()):
+            return int(study)
+        items = self._request("GET", "/api/v1/studies", params={"name": study})["items"]
+        if not items:
+            raise ApiError(404, f"no study {study!r}")
+        return items[0]["id"]
+
+    # --- studies
+
+    def submit(self, spec: str | Mapping[str, Any]) -> dict[str, Any]:
+        """Create a study from a spec: YAML/JSON text or a mapping."""
+        if isinstance(spec, str):
+            headers = {"Content-Type": "application/yaml"}  # JSON is YAML too
+            return self._request("POST", "/api/v1/studies", content=spec, headers=headers)
+        return self._request(
+            "POST",
+            "/api/v1/studies",
+            content=json.dumps(spec),
+            headers={"Content-Type": "application/json"},
+        )
+
+    def get(self, study: int | str) -> dict[str, Any]:
+        return self._request("GET", f"/api/v1/studies/{self.study_id(study)}")
+
+    def list(self, status: str | None = None, offset: int = 0, limit: int = 50) -> dict[str, Any]:
+        params = {"offset": offset, "limit": limit} | ({"status": status} if status else {})
+        return self._request("GET", "/api/v1/studies", params=params)
+
+    def trials(
+        self,
+        study: int | str,
+        state: str | None = None,
+        sort: str = "number",
+        order: str = "asc",
+        offset: int = 0,
+        limit: int = 500,
+    ) -> dict[str, Any]:
+        params = {"sort": sort, "order": order, "offset": offset, "limit": limit}
+        if state:
+            params["state"] = state
+        return self._request("GET", f"/api/v1/studies/{self.study_id(study)}/trials", params=params)
+
+    def all_trials(self, study: int | str, **filters: Any) -> list[dict[str, Any]]:
+        """Every trial, page by page."""
+        study_id, offset, items = self.study_id(study), 0, []
+        while True:
+            page = self.trials(study_id, offset=offset, **filters)
+            items.extend(page["items"])
+            offset += len(page["items"])
+            if not page["items"] or offset >= page["total"]:
+                return items
+
+    def best(self, study: int | str) -> dict[str, Any]:
+        return self._request("GET", f"/api/v1/studies/{self.study_id(study)}/best")
+
+    def importance(self, study: int | str) -> dict[str, Any]:
+        return self._request("GET", f"/api/v1/studies/{self.study_id(study)}/importance")
+
+    def cancel(self, study: int | str) -> dict[str, Any]:
+        return self._request("POST", f"/api/v1/studies/{self.study_id(study)}/cancel")
+
+    def delete(self, study: int | str) -> None:
+        self._request("DELETE", f"/api/v1/studies/{self.study_id(study)}")
+
+    # --- system
+
+    def workers(self, include_dead: bool = False) -> dict[str, Any]:
+        return self._request("GET", "/api/v1/workers", params={"all": include_dead})
+
+    def registry(self) -> dict[str, Any]:
+        return self._request("GET", "/api/v1/registry")
+
+    def health(self) -> dict[str, Any]:
+        return self._request("GET", "/healthz")

@@ -1,0 +1,49 @@
+"""Dependencies as ``Annotated`` aliases, so route signatures read like prose."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import optuna
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.engine import Engine
+from starlette.concurrency import run_in_threadpool
+
+from service.auth import authenticate
+from service.settings import Settings
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def _engine(request: Request) -> Engine:
+    return request.app.state.engine
+
+
+def _storage(request: Request) -> optuna.storages.RDBStorage:
+    return request.app.state.storage.get()
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
+EngineDep = Annotated[Engine, Depends(_engine)]
+StorageDep = Annotated[optuna.storages.RDBStorage, Depends(_storage)]
+
+# auto_error=False: a missing header is our 401 with our body, not FastAPI's 403.
+_bearer = HTTPBearer(auto_error=False, description="An API key from `bnsweep keys create`.")
+
+
+async def _write_key(
+    settings: SettingsDep,
+    engine: EngineDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str | None:
+    """The name of the caller's key for a write; None when auth is off."""
+    if not settings.auth:
+        return None
+    token = credentials.credentials if credentials else None
+    return await run_in_threadpool(authenticate, engine, token)
+
+
+WriteKey = Annotated[str | None, Depends(_write_key)]

@@ -1,0 +1,79 @@
+"""Exceptions → HTTP, in one place. Bodies are always JSON ``{"detail": ...}``, never a traceback.
+
+A bad spec (``ConfigError``, with its field path) answers 422 in FastAPI's own shape, so clients
+parse one format for every validation error.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import optuna
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
+
+from models.errors import ConfigError
+from search.errors import StudyNotFoundError, StudyStateError
+from service.auth import AuthError
+
+log = logging.getLogger("bnsweep.api")
+
+DATABASE_ERRORS = (SQLAlchemyError, optuna.exceptions.StorageInternalError)
+
+
+class NotFoundError(LookupError):
+    """Something other than a study is missing (e.g. no best trial yet)."""
+
+
+def spec_error_body(exc: ConfigError) -> dict:
+    return {
+        "detail": [
+            {"loc": ["body", *exc.field.split(".")], "msg": exc.reason, "type": "spec_error"}
+        ]
+    }
+
+
+async def _config_error(_: Request, exc: ConfigError) -> JSONResponse:
+    return JSONResponse(spec_error_body(exc), status_code=422)
+
+
+async def _not_found(_: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=404)
+
+
+async def _conflict(_: Request, exc: StudyStateError) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=409)
+
+
+async def _auth(_: Request, exc: AuthError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
+
+
+async def _database(request: Request, exc: Exception) -> JSONResponse:
+    # An outage is expected operation (restarts, failovers): one log line, a 503 the client retries.
+    log.warning(
+        "database unavailable (%s %s): %s",
+        request.method,
+        request.url.path,
+        (str(exc).splitlines() or [type(exc).__name__])[0],
+    )
+    return JSONResponse({"detail": "database unavailable"}, status_code=503)
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return JSONResponse({"detail": "internal server error"}, status_code=500)
+
+
+def install(app: FastAPI) -> None:
+    """Register every handler on ``app``."""
+    app.add_exception_handler(ConfigError, _config_error)
+    app.add_exception_handler(StudyNotFoundError, _not_found)
+    app.add_exception_handler(NotFoundError, _not_found)
+    app.add_exception_handler(StudyStateError, _conflict)
+    app.add_exception_handler(AuthError, _auth)
+    for error in DATABASE_ERRORS:
+        app.add_exception_handler(error, _database)
+    app.add_exception_handler(Exception, _unexpected)

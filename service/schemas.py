@@ -1,0 +1,182 @@
+"""The wire format: plain pydantic models built from rows and trials, never ORM objects.
+
+Ladder: ``StudySummary`` (list item) → ``StudyPublic`` (one study: counts, progress, best, spec).
+Timestamps are UTC; SQLite returns naive datetimes, which are marked UTC here.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Generic, TypeVar
+
+from pydantic import AfterValidator, BaseModel, Field
+
+from search.db import StudyRow, StudyStatus
+from search.studies import TrialCounts
+
+
+def _as_utc(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a list, with the total across all pages."""
+
+    items: list[T]
+    total: int
+    offset: int
+    limit: int
+
+
+# --- studies --------------------------------------------------------------------------------------
+
+
+class StudyLinks(BaseModel):
+    self: str
+    trials: str
+    best: str
+    dashboard: str
+
+
+class StudySummary(BaseModel):
+    """A study as listed."""
+
+    id: int
+    name: str
+    status: StudyStatus
+    status_reason: str
+    owner: str | None
+    optuna_study_id: int
+    n_trials: int
+    created_at: UtcDatetime | None
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
+    links: StudyLinks
+
+    @classmethod
+    def from_row(cls, row: StudyRow, **extra: Any) -> StudySummary:
+        base = f"/api/v1/studies/{row.id}"
+        links = StudyLinks(
+            self=base,
+            trials=f"{base}/trials",
+            best=f"{base}/best",
+            dashboard=f"/dashboard/studies/{row.optuna_study_id}",
+        )
+        return cls(
+            id=row.id,
+            name=row.name,
+            status=StudyStatus(row.status),
+            status_reason=row.status_reason or "",
+            owner=row.owner,
+            optuna_study_id=row.optuna_study_id,
+            n_trials=row.spec["budget"]["n_trials"],
+            created_at=row.created_at,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+            links=links,
+            **extra,
+        )
+
+
+class Progress(BaseModel):
+    finished: int = Field(description="complete + pruned trials")
+    n_trials: int
+    fraction: float
+
+
+class StudyPublic(StudySummary):
+    """One study in full."""
+
+    trials: dict[str, int] = Field(description="trials by state")
+    progress: Progress
+    best_value: float | None = Field(description="best objective so far (single-objective only)")
+    spec: dict[str, Any]
+
+    @classmethod
+    def build(cls, row: StudyRow, counts: TrialCounts, best_value: float | None) -> StudyPublic:
+        n_trials = row.spec["budget"]["n_trials"]
+        progress = Progress(
+            finished=counts.finished,
+            n_trials=n_trials,
+            fraction=min(1.0, counts.finished / n_trials),
+        )
+        return cls.from_row(
+            row, trials=counts.as_dict(), progress=progress, best_value=best_value, spec=row.spec
+        )
+
+
+# --- trials and results ---------------------------------------------------------------------------
+
+
+class TrialPublic(BaseModel):
+    number: int
+    state: str
+    values: list[float] | None
+    params: dict[str, Any]
+    user_attrs: dict[str, Any]
+    datetime_start: UtcDatetime | None
+    datetime_complete: UtcDatetime | None
+    duration_seconds: float | None
+
+
+class BestPublic(BaseModel):
+    """The best trial with a config ready for ``bnsweep train --config``."""
+
+    trial_number: int
+    values: list[float]
+    objectives: list[dict[str, str]]
+    params: dict[str, Any]
+    metrics: dict[str, Any]
+    config: dict[str, Any]
+    pareto_front: list[TrialPublic] | None
+
+
+class ImportancePublic(BaseModel):
+    """Parameter importances; empty with a reason when they cannot be computed yet."""
+
+    importances: dict[str, float]
+    target: str
+    reason: str | None = None
+
+
+# --- system ---------------------------------------------------------------------------------------
+
+
+class WorkerPublic(BaseModel):
+    id: str
+    host: str
+    pid: int
+    device: str
+    status: str
+    alive: bool
+    current_study_id: int | None
+    current_trial_number: int | None
+    started_at: UtcDatetime | None
+    heartbeat_at: UtcDatetime | None
+
+
+class WorkerList(BaseModel):
+    items: list[WorkerPublic]
+
+
+class RegistryPublic(BaseModel):
+    models: list[dict[str, Any]]
+    datasets: list[dict[str, Any]]
+    samplers: list[str]
+    pruners: list[str]
+
+
+class Health(BaseModel):
+    database: str
+
+
+class ErrorBody(BaseModel):
+    """Every error: ``detail`` is a string, or a list of field errors for 422."""
+
+    detail: str | list[dict[str, Any]]

@@ -1,0 +1,88 @@
+"""Workers, registry, health, metrics and database outages."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def test_health_reports_the_database(server):
+    with server.client(key=None) as http:
+        assert http.get("/healthz").json() == {"database": "ok"}
+
+
+def test_registry_lists_what_a_spec_can_name(server):
+    with server.client(key=None) as http:
+        registry = http.get("/api/v1/registry").json()
+    assert "mlp" in {m["name"] for m in registry["models"]}
+    synthetic = next(d for d in registry["datasets"] if d["name"] == "synthetic")
+    assert "n_samples" in {p["name"] for p in synthetic["params"]}
+    assert "tpe" in registry["samplers"] and "median" in registry["pruners"]
+
+
+def test_workers_show_live_ones_and_all_on_request(server, spec, worker, wait_for):
+    with server.client() as http:
+        study = http.post("/api/v1/studies", json=spec("for-workers", n_trials=1)).json()
+        thread = worker(server.db_url, "for-workers")
+        deadline = time.monotonic() + 30
+        while not (live := http.get("/api/v1/workers").json()["items"]):
+            assert time.monotonic() < deadline, "worker never showed up"
+            time.sleep(0.1)
+        assert live[0]["alive"] and live[0]["device"] == "cpu" and live[0]["pid"]
+        thread.join(timeout=60)
+        wait_for(http, study["id"], {"completed"})
+        stopped = http.get("/api/v1/workers").json()["items"]
+        everyone = http.get("/api/v1/workers", params={"all": "true"}).json()["items"]
+    assert live[0]["id"] not in {w["id"] for w in stopped}
+    assert any(w["id"] == live[0]["id"] and w["status"] == "stopped" for w in everyone)
+
+
+def test_metrics_parse_as_prometheus_text(server, spec, worker, wait_for):
+    with server.client() as http:
+        study = http.post("/api/v1/studies", json=spec("for-metrics", n_trials=1)).json()
+        worker(server.db_url, "for-metrics").join(timeout=60)
+        wait_for(http, study["id"], {"completed"})
+        text = http.get("/metrics").text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert set(families) >= {
+        "bnsweep_studies",
+        "bnsweep_trials",
+        "bnsweep_trial_duration_seconds",
+        "bnsweep_workers_live",
+    }
+    completed = [
+        s.value for s in families["bnsweep_studies"].samples if s.labels == {"status": "completed"}
+    ]
+    assert completed[0] >= 1
+    count = [
+        s.value
+        for s in families["bnsweep_trial_duration_seconds"].samples
+        if s.name.endswith("_count")
+    ]
+    assert count[0] >= 1
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/healthz"),
+        ("GET", "/metrics"),
+        ("GET", "/api/v1/studies"),
+        ("GET", "/api/v1/studies/1"),
+        ("GET", "/api/v1/workers"),
+        ("POST", "/api/v1/studies/1/cancel"),
+        ("POST", "/api/studies"),
+    ],
+)
+def test_database_outage_is_503_json(server_without_database, method, path):
+    response = httpx.request(
+        method,
+        server_without_database + path,
+        timeout=30,
+        headers={"Authorization": "Bearer bns_x"},
+    )
+    assert response.status_code == 503
+    assert response.json() == {"detail": "database unavailable"}
