@@ -10,7 +10,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import FrozenTrial
 
 from search.insights import study_insights, superiority
-from tests.search.conftest import tiny_spec
+from tests.support import tiny_spec
 
 SPEC = tiny_spec(
     "insights",

@@ -19,7 +19,7 @@ from search.runner import run_study
 from search.storage import get_engine, get_storage
 from search.studies import cancel_study, get_study_row
 from search.worker import Worker, WorkerOptions
-from tests.search.conftest import (
+from tests.support import (
     GRACE_S,
     HEARTBEAT_S,
     load_test_plugins,
