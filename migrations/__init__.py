@@ -28,9 +28,9 @@ def alembic_config(url: str) -> Config:
 
 def upgrade(url: str, revision: str = "head") -> None:
     """Create Optuna's tables if needed, then apply our migrations up to ``revision``."""
-    from search.storage import get_storage
+    from search.storage import create_optuna_schema
 
-    get_storage(url, create_tables=True).remove_session()
+    create_optuna_schema(url)
     command.upgrade(alembic_config(url), revision)
 
 

@@ -329,13 +329,25 @@ def parse_spec(data: Any, limits: Limits | None = None) -> StudySpec:
     return spec
 
 
+class _SpecLoader(yaml.SafeLoader):
+    """YAML's safe loader without aliases: a spec never needs them, and nested aliases
+    ("billion laughs") expand exponentially once the data is walked."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(None, None, "aliases are not allowed", mark)
+        return super().compose_node(parent, index)
+
+
 def parse_spec_text(text: str | bytes, limits: Limits | None = None) -> StudySpec:
-    """Validate a spec given as YAML or JSON text (JSON is YAML). Safe loader only: no tags."""
+    """Validate a spec given as YAML or JSON text (JSON is YAML). Safe loader: no tags, no
+    aliases."""
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_SpecLoader)  # a SafeLoader: no arbitrary tags
     except yaml.YAMLError as exc:
-        first_line = str(exc).splitlines()[0] if str(exc) else "invalid YAML"
-        raise SpecError("spec", f"not valid YAML/JSON: {first_line}") from None
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise SpecError("spec", f"not valid YAML/JSON: {problem}") from None
     return parse_spec(data, limits)
 
 

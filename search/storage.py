@@ -47,15 +47,20 @@ def engine_kwargs(url: str) -> dict[str, Any]:
     }
 
 
-@functools.cache
 def get_engine(url: str) -> Engine:
-    """The process-wide engine for bnsweep's tables (cached per URL).
+    """The process-wide engine for bnsweep's tables (one per database, however the URL is
+    spelled)."""
+    return _engine(normalize_url(url))
+
+
+@functools.cache
+def _engine(url: str) -> Engine:
+    """Create the engine for a normalized URL.
 
     On SQLite every transaction starts with ``BEGIN IMMEDIATE``: SQLite ignores ``FOR UPDATE``, and
     a deferred transaction that reads then writes can fail to upgrade its lock under contention.
     Taking the write lock up front serializes claims the way a row lock does on PostgreSQL.
     """
-    url = normalize_url(url)
     engine = sa.create_engine(url, **engine_kwargs(url))
     if is_sqlite(url):
 
@@ -70,17 +75,25 @@ def get_engine(url: str) -> Engine:
     return engine
 
 
+def create_optuna_schema(url: str) -> None:
+    """Create Optuna's tables (or check their version) once, before any worker starts."""
+    url = normalize_url(url)
+    storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
+    storage.engine.dispose()
+
+
+@functools.cache
 def get_storage(
     url: str,
     *,
     heartbeat_interval_s: int = DEFAULT_HEARTBEAT_INTERVAL_S,
     grace_period_s: int = DEFAULT_GRACE_PERIOD_S,
-    create_tables: bool = False,
 ) -> optuna.storages.RDBStorage:
-    """Optuna's storage with heartbeats and a stale-trial retry callback.
+    """Optuna's storage with heartbeats and a stale-trial retry callback (one per process and
+    settings: each holds a connection pool).
 
-    Tables are created once (``bnsweep migrate``); workers pass ``create_tables=False`` so parallel
-    starts never race on Optuna's own ``alembic_version``.
+    Opened with ``skip_table_creation``: the schema is created once by ``bnsweep migrate``, so
+    parallel starts never race on Optuna's own ``alembic_version``.
     """
     from search.retry import RetryFromSpec
 
@@ -91,5 +104,5 @@ def get_storage(
         heartbeat_interval=heartbeat_interval_s,
         grace_period=grace_period_s,
         heartbeat_stale_trial_callback=RetryFromSpec(),
-        skip_table_creation=not create_tables,
+        skip_table_creation=True,
     )

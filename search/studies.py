@@ -131,14 +131,20 @@ def get_study_row(engine: Engine, study: int | str) -> StudyRow:
 
 
 def list_study_rows(
-    engine: Engine, status: str | None = None, offset: int = 0, limit: int = 50
+    engine: Engine,
+    status: str | None = None,
+    name: str | None = None,
+    offset: int = 0,
+    limit: int = 50,
 ) -> tuple[list[StudyRow], int]:
-    """A page of studies (newest first) and the total count."""
+    """A page of studies (newest first), optionally filtered by status and exact name, and the
+    total count."""
     query = sa.select(*StudyRow.__table__.c)
     count = sa.select(sa.func.count()).select_from(StudyRow)
-    if status is not None:
-        query = query.where(StudyRow.status == status)
-        count = count.where(StudyRow.status == status)
+    for column, value in ((StudyRow.status, status), (StudyRow.name, name)):
+        if value is not None:
+            query = query.where(column == value)
+            count = count.where(column == value)
     with engine.connect() as conn:
         total = conn.execute(count).scalar_one()
         rows = conn.execute(query.order_by(StudyRow.id.desc()).offset(offset).limit(limit)).all()

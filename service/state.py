@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-
 import optuna
 
 from search.storage import get_storage
@@ -15,20 +13,16 @@ class LazyStorage:
 
     RDBStorage queries the database as soon as it is created; opened eagerly, an outage at start-up
     would keep the API from starting at all, instead of answering 503 until the database is back.
+    ``get_storage`` caches only a storage that opened, so a failed attempt is retried next time.
     """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._storage: optuna.storages.RDBStorage | None = None
-        self._lock = threading.Lock()
 
     def get(self) -> optuna.storages.RDBStorage:
-        with self._lock:
-            if self._storage is None:
-                s = self.settings
-                self._storage = get_storage(
-                    s.database_url,
-                    heartbeat_interval_s=s.heartbeat_interval_s,
-                    grace_period_s=s.grace_period_s,
-                )
-            return self._storage
+        s = self.settings
+        return get_storage(
+            s.database_url,
+            heartbeat_interval_s=s.heartbeat_interval_s,
+            grace_period_s=s.grace_period_s,
+        )

@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 from starlette.concurrency import run_in_threadpool
 
 from search.db import StudyRow, StudyStatus
-from search.errors import SpecError, StudyNotFoundError
+from search.errors import SpecError
 from search.results import best_summary, trial_summary
 from search.spec import Limits, StudySpec, parse_spec, parse_spec_text
 from search.studies import (
@@ -115,15 +115,7 @@ def list_studies(
     limit: Limit = 50,
 ) -> Page[StudySummary]:
     """Studies, newest first; filter by status or by exact name."""
-    if name is not None:  # names are unique: zero or one row
-        try:
-            rows = [get_study_row(engine, name)]
-        except StudyNotFoundError:
-            rows = []
-        rows = [r for r in rows if status is None or r.status == status.value]
-        page, total = rows[offset : offset + limit], len(rows)
-    else:
-        page, total = list_study_rows(engine, status.value if status else None, offset, limit)
+    page, total = list_study_rows(engine, status.value if status else None, name, offset, limit)
     items = [StudySummary.from_row(r) for r in page]
     return Page[StudySummary](items=items, total=total, offset=offset, limit=limit)
 

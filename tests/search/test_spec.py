@@ -134,6 +134,16 @@ def test_yaml_tags_and_bad_yaml_are_spec_errors() -> None:
         parse_spec_text("name: [unclosed")
 
 
+def test_yaml_aliases_are_refused_before_they_expand() -> None:
+    bomb = "a: &a [x, x]\nb: &b [*a, *a]\nc: &c [*b, *b]\nname: *c\n"
+    with pytest.raises(SpecError) as info:
+        parse_spec_text(bomb)
+    assert (info.value.field, info.value.reason) == (
+        "spec",
+        "not valid YAML/JSON: aliases are not allowed",
+    )
+
+
 def test_default_space_searches_the_five_bn_dimensions() -> None:
     dists = distributions(parse_spec(BASE))
     assert dists == {
