@@ -241,7 +241,10 @@ def _eval_mode(rows: list[_Row]) -> Finding | None:
     if len({r.settings["bn_momentum"] for r in bn}) >= 2 and len(bn) >= MIN_TREND:
         rho, _ = _spearman([math.log(r.settings["bn_momentum"]) for r in bn], gaps)
         evidence["gap_vs_bn_momentum_spearman_rho"] = rho
-    if abs(median) < 0.5:
+    if len(bn) < MIN_GROUP:
+        verdict = f"only {len(bn)} finished trial(s) with BN: too few to judge eval-mode statistics"
+        strength = "insufficient data"
+    elif abs(median) < 0.5:
         verdict = (
             f"evaluation with running statistics matches batch statistics (median gap "
             f"{median:.2f} points): the running averages are sound"

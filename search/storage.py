@@ -9,12 +9,17 @@ need about 64 connections in steady state, under PostgreSQL's default ``max_conn
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any
 
 import optuna
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+
+# Heartbeats, fail_stale_trials and the retry callback are "experimental" in Optuna 5 by label
+# only; they are the crash recovery we rely on, so their warnings would be noise in every log.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 POOL_SIZE = 1
 MAX_OVERFLOW = 2

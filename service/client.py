@@ -130,6 +130,9 @@ class Client:
     def importance(self, study: int | str) -> dict[str, Any]:
         return self._request("GET", f"/api/v1/studies/{self.study_id(study)}/importance")
 
+    def insights(self, study: int | str) -> dict[str, Any]:
+        return self._request("GET", f"/api/v1/studies/{self.study_id(study)}/insights")
+
     def cancel(self, study: int | str) -> dict[str, Any]:
         return self._request("POST", f"/api/v1/studies/{self.study_id(study)}/cancel")
 

@@ -7,7 +7,7 @@ Timestamps are UTC; SQLite returns naive datetimes, which are marked UTC here.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, Field
 
@@ -41,6 +41,7 @@ class StudyLinks(BaseModel):
     self: str
     trials: str
     best: str
+    insights: str
     dashboard: str
 
 
@@ -66,6 +67,7 @@ class StudySummary(BaseModel):
             self=base,
             trials=f"{base}/trials",
             best=f"{base}/best",
+            insights=f"{base}/insights",
             dashboard=f"/dashboard/studies/{row.optuna_study_id}",
         )
         return cls(
@@ -143,6 +145,25 @@ class ImportancePublic(BaseModel):
     importances: dict[str, float]
     target: str
     reason: str | None = None
+
+
+class FindingPublic(BaseModel):
+    """One BN practice's verdict, how strong the evidence is, and the numbers behind it."""
+
+    practice: str
+    verdict: str
+    strength: Literal["strong", "moderate", "weak", "insufficient data"]
+    evidence: dict[str, Any]
+
+
+class InsightsPublic(BaseModel):
+    """Which BN practices mattered in this study, strongest evidence first."""
+
+    metric: str
+    direction: str
+    trials_used: int
+    diverged: int
+    findings: list[FindingPublic]
 
 
 # --- system ---------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from search.db import StudyRow, StudyStatus
 from search.errors import SpecError
+from search.insights import study_insights
 from search.results import best_summary, trial_summary
 from search.spec import Limits, StudySpec, parse_spec, parse_spec_text
 from search.studies import (
@@ -33,6 +34,7 @@ from service.schemas import (
     BestPublic,
     ErrorBody,
     ImportancePublic,
+    InsightsPublic,
     Page,
     StudyPublic,
     StudySummary,
@@ -214,6 +216,15 @@ def importance(study_id: StudyId, engine: EngineDep, storage: StorageDep) -> Imp
     except (ValueError, RuntimeError) as exc:  # e.g. every trial has the same params
         return ImportancePublic(importances={}, target=target, reason=str(exc).splitlines()[0])
     return ImportancePublic(importances=dict(values), target=target)
+
+
+@router.get("/{study_id}/insights", responses=_NOT_FOUND)
+def insights(study_id: StudyId, engine: EngineDep, storage: StorageDep) -> InsightsPublic:
+    """Which BN practices mattered (placement, batch size × learning rate, BN momentum,
+    eval-mode statistics, ghost / precise BN), with the evidence and its strength."""
+    row = get_study_row(engine, study_id)
+    trials = storage.get_all_trials(row.optuna_study_id, states=(TrialState.COMPLETE,))
+    return InsightsPublic.model_validate(study_insights(trials, spec_of(row)))
 
 
 @router.post(

@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from service.auth import ApiKeyError
 from service.cli import USER_ERRORS, app, fail
-from service.cli.search_cmds import StorageOpt, storage_url
+from service.cli.search_cmds import StorageOpt, print_insights, storage_url
 from service.client import ApiError, Client
 from service.settings import Settings, get_settings
 
@@ -235,6 +235,19 @@ def delete(study: StudyArg) -> None:
 def importance(study: StudyArg) -> None:
     """Parameter importances of a study's primary objective."""
     _print_json(_client().importance(study))
+
+
+@app.command()
+def insights(
+    study: StudyArg,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON")] = False,
+) -> None:
+    """Which BN practices mattered in a study, with the evidence."""
+    result = _client().insights(study)
+    if as_json:
+        _print_json(result)
+        return
+    print_insights(result)
 
 
 # --- keys (straight to the database: the API has no key management) -------------------------------

@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import optuna
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from search.errors import SpecError, StudyNotFoundError, StudyStateError
+from search.insights import study_insights
 from search.runner import Progress as StudyProgress
 from search.runner import run_study
 from search.spec import StudySpec, parse_spec_text
@@ -116,7 +118,22 @@ def run(
 
         final = run_study(url, spec, n_workers=workers, device=device, on_progress=show)
     console.print(f"study {spec.name!r} {final.status.value}: {final.counts.as_dict()}")
+    trials = optuna.load_study(study_name=spec.name, storage=get_storage(url)).get_trials()
+    print_insights(study_insights(trials, spec), console)
     print_best(url, spec.name)
+
+
+def print_insights(result: dict[str, Any], console: Console | None = None) -> None:
+    """BN insights as a table: practice, strength, verdict."""
+    table = Table(
+        title=f"BN insights on {result['metric']} ({result['trials_used']} trials, "
+        f"{result['diverged']} diverged)"
+    )
+    for column in ("practice", "strength", "verdict"):
+        table.add_column(column, overflow="fold")
+    for f in result["findings"]:
+        table.add_row(f["practice"], f["strength"], f["verdict"])
+    (console or Console()).print(table)
 
 
 def print_best(url: str, study_name: str) -> None:
