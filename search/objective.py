@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from typing import Any
@@ -66,21 +66,13 @@ def train_config(spec: StudySpec, params: dict[str, Any], device: str) -> TrainC
 
 def metric_value(metric: Metric, result: TrainResult) -> float:
     """The value of ``metric`` for a finished training run."""
-    epochs = result.epochs
-    last = epochs[-1]
     match metric:
-        case Metric.VAL_ACCURACY:
-            return last.val_accuracy
-        case Metric.BEST_VAL_ACCURACY:
-            return max(e.val_accuracy for e in epochs)
-        case Metric.VAL_LOSS:
-            return last.val_loss
-        case Metric.TRAIN_LOSS:
-            return last.train_loss
         case Metric.TRAIN_SECONDS:
             return result.train_s
         case Metric.SAMPLES_PER_SECOND:
-            return sum(e.samples_per_s for e in epochs) / len(epochs)
+            return sum(e.samples_per_s for e in result.epochs) / len(result.epochs)
+        case _:
+            return _epoch_value(metric, result.epochs)
 
 
 def diverged_value(metric: Metric, result: TrainResult) -> float:
@@ -92,7 +84,8 @@ def diverged_value(metric: Metric, result: TrainResult) -> float:
     return 10 * math.log(max(result.num_classes, 2))  # ten times the loss of a uniform guess
 
 
-def _epoch_value(metric: Metric, history: list[EpochMetrics]) -> float:
+def _epoch_value(metric: Metric, history: Sequence[EpochMetrics]) -> float:
+    """A per-epoch metric after the epochs in ``history``."""
     last = history[-1]
     match metric:
         case Metric.BEST_VAL_ACCURACY:

@@ -15,11 +15,10 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from service.auth import ApiKeyError
 from service.cli import USER_ERRORS, app, fail
-from service.cli.search_cmds import StorageOpt, print_insights, storage_url
+from service.cli.search_cmds import StorageOpt, print_insights, storage_url, study_progress_bar
 from service.client import ApiError, Client
 from service.settings import Settings, get_settings
 
@@ -165,14 +164,7 @@ def watch(
     study_id = client.study_id(study)
     data = client.get(study_id)
     console = Console(stderr=True)
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[detail]}"),
-        TimeElapsedColumn(),
-        console=console,
-    ) as bar:
+    with study_progress_bar(console) as bar:
         task = bar.add_task(data["name"], total=data["progress"]["n_trials"], detail="")
         while True:
             best = data["best_value"]

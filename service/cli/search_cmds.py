@@ -101,14 +101,7 @@ def run(
     url = storage_url(storage)
     migrations.upgrade(url)
     console = Console(stderr=True)
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[detail]}"),
-        TimeElapsedColumn(),
-        console=console,
-    ) as bar:
+    with study_progress_bar(console) as bar:
         task = bar.add_task(spec.name, total=spec.budget.n_trials, detail="")
 
         def show(p: StudyProgress) -> None:
@@ -121,6 +114,18 @@ def run(
     trials = optuna.load_study(study_name=spec.name, storage=get_storage(url)).get_trials()
     print_insights(study_insights(trials, spec), console)
     print_best(url, spec.name)
+
+
+def study_progress_bar(console: Console) -> Progress:
+    """A bar for a study: name, finished/n_trials, a detail field, elapsed time."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+        console=console,
+    )
 
 
 def print_insights(result: dict[str, Any], console: Console | None = None) -> None:
