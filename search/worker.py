@@ -24,11 +24,12 @@ from typing import Any, TypeVar
 
 import optuna
 import sqlalchemy as sa
+from optuna.storages._rdb import models as optuna_models
 from optuna.trial import TrialState
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from models.device import resolve_device
-from search.db import StudyStatus, WorkerRow
+from search.db import SlotRow, SlotState, StudyStatus, WorkerRow
 from search.objective import TrialOutcome, run_trial
 from search.optuna_map import distributions, make_pruner, make_sampler
 from search.retry import RetryFromSpec
@@ -101,10 +102,13 @@ class Heartbeat(threading.Thread):
         try:
             w.update_worker_row(heartbeat_at=sa.func.now())
             slot_id, trial_id = w.current_slot_id, w.current_trial_id
-            if slot_id is not None:
-                heartbeat_slot(w.engine, slot_id)
+            # The trial before its slot: a dead worker's trial must go stale no later than its
+            # slot, or the claimer that frees the slot may run fail_stale_trials a moment too
+            # early, ask a new trial, and leave the dead one RUNNING in a study that then ends.
             if trial_id is not None:
                 w.storage.record_heartbeat(trial_id)
+            if slot_id is not None:
+                heartbeat_slot(w.engine, slot_id)
         except TRANSIENT_ERRORS as exc:
             log.warning("heartbeat failed (will retry): %s", str(exc).splitlines()[0])
 
@@ -243,6 +247,8 @@ class Worker:
                 lambda: self._load_study(claim, seed), f"load study {claim.study_name!r}"
             )
             trial = self._retry(lambda: self._ask(study, spec), "ask")
+            # Retried on its own: retrying the ask would leave the first trial orphaned.
+            self._retry(lambda: self.storage.record_heartbeat(trial._trial_id), "heartbeat")
             self.current_trial_id = trial._trial_id
             self._retry(lambda: set_slot_trial(self.engine, claim.slot_id, trial.number), "slot")
             self._retry(
@@ -279,6 +285,7 @@ class Worker:
             pruner=make_pruner(claim.spec),
         )
         # Optuna only fails stale trials inside optimize(); with ask/tell we do it here.
+        adopt_orphaned_trials(self.engine, claim.study_id, study._study_id)
         optuna.storages.fail_stale_trials(study)
         return study
 
@@ -286,9 +293,7 @@ class Worker:
         with warnings.catch_warnings():
             # We run heartbeats ourselves (see Heartbeat), so ask/tell is intended here.
             warnings.filterwarnings("ignore", message="Heartbeat of storage")
-            trial = study.ask(fixed_distributions=distributions(spec))
-        self.storage.record_heartbeat(trial._trial_id)
-        return trial
+            return study.ask(fixed_distributions=distributions(spec))
 
     def _train(self, claim: Claim, trial: optuna.Trial) -> tuple[TrialOutcome, bool]:
         """Train; returns the outcome and whether the trial should be retried."""
@@ -327,6 +332,48 @@ class Worker:
         study.tell(trial, outcome.values, state=outcome.state, skip_if_finished=True)
 
 
+def adopt_orphaned_trials(engine: sa.Engine, study_id: int, optuna_study_id: int) -> int:
+    """Give RUNNING trials that have no heartbeat row one; return how many.
+
+    ``study.ask()`` makes a trial RUNNING before its worker records the first heartbeat. A worker
+    killed in between leaves a trial that ``fail_stale_trials`` never fails (Optuna skips trials
+    without a heartbeat row): it stays RUNNING forever and is never retried. Its worker held a slot
+    not yet linked to a trial, and that slot's heartbeat stopped when the worker died; the orphan
+    gets the newest heartbeat of such slots, so it goes stale exactly when a dead worker's slot
+    does, and never while an unlinked slot is still heartbeating (a live worker between its ask
+    and its first heartbeat). Both clocks are the database's, as for Optuna's own heartbeats.
+    """
+    trials = optuna_models.TrialModel.__table__
+    beats = optuna_models.TrialHeartbeatModel.__table__
+    try:
+        with engine.begin() as conn:
+            orphans = (
+                conn.execute(
+                    sa.select(trials.c.trial_id).where(
+                        trials.c.study_id == optuna_study_id,
+                        trials.c.state == TrialState.RUNNING,
+                        ~sa.exists().where(beats.c.trial_id == trials.c.trial_id),
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            if not orphans:
+                return 0
+            newest_unlinked = conn.execute(
+                sa.select(sa.func.max(SlotRow.heartbeat_at)).where(
+                    SlotRow.study_id == study_id,
+                    SlotRow.trial_number.is_(None),
+                    SlotRow.state != SlotState.DONE.value,
+                )
+            ).scalar()
+            dated = newest_unlinked or conn.execute(sa.select(sa.func.now())).scalar_one()
+            conn.execute(sa.insert(beats), [{"trial_id": t, "heartbeat": dated} for t in orphans])
+    except IntegrityError:  # its worker recorded the first heartbeat meanwhile: not an orphan
+        return 0
+    return len(orphans)
+
+
 def _first(exc: BaseException) -> str:
     return (str(exc).splitlines() or [type(exc).__name__])[0]
 
@@ -339,21 +386,33 @@ def _run_one(options: WorkerOptions) -> None:
     Worker(options).run()
 
 
-def slot_devices(device: str, gpus: str | None, trials_per_device: int) -> list[str]:
-    """The device of each slot: one per GPU listed in ``gpus`` ("all" or "0,1"), K per device."""
+def slot_devices(
+    device: str, gpus: str | None, trials_per_device: int, gpu_count: int | None = None
+) -> list[str]:
+    """The device of each slot: one per GPU listed in ``gpus`` ("all" or "0,1"), K per device.
+
+    Raises:
+        ValueError: no GPU, or an index that is not a GPU of this machine.
+    """
     if gpus is None:
-        devices = [device]
-    else:
+        return [device] * trials_per_device
+    if gpu_count is None:
         import torch
 
-        if gpus == "all":
-            indices = list(range(torch.cuda.device_count()))
-        else:
+        gpu_count = torch.cuda.device_count()
+    if gpus == "all":
+        indices = list(range(gpu_count))
+    else:
+        try:
             indices = [int(i) for i in gpus.split(",") if i.strip()]
-        if not indices:
-            raise ValueError("no GPU to use (--gpus)")
-        devices = [f"cuda:{i}" for i in indices]
-    return [d for d in devices for _ in range(trials_per_device)]
+        except ValueError:
+            raise ValueError(f"expected 'all' or GPU indices like 0,1; got {gpus!r}") from None
+    if not indices:
+        raise ValueError("no GPU found")
+    missing = [i for i in indices if not 0 <= i < gpu_count]
+    if missing:
+        raise ValueError(f"no GPU {missing[0]} on this machine ({gpu_count} found)")
+    return [f"cuda:{i}" for i in indices for _ in range(trials_per_device)]
 
 
 def run_workers(options: WorkerOptions, devices: list[str]) -> None:

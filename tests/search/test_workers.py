@@ -6,6 +6,7 @@ Real databases (a SQLite file; the local PostgreSQL where marked), real worker p
 
 from __future__ import annotations
 
+import re
 import signal
 import threading
 import time
@@ -18,7 +19,8 @@ from search.db import StudyStatus
 from search.runner import run_study
 from search.storage import get_engine, get_storage
 from search.studies import cancel_study, get_study_row
-from search.worker import Worker, WorkerOptions
+from search.worker import Worker, WorkerOptions, slot_devices
+from service.cli import main
 from tests.support import (
     GRACE_S,
     HEARTBEAT_S,
@@ -256,3 +258,53 @@ def test_trials_per_device_runs_trials_side_by_side_and_stops_cleanly(sqlite_url
     counts = study_counts(sqlite_url, spec.name)
     assert counts.running == 0
     assert counts.fail == 2 and counts.waiting == 2  # both interrupted trials queued for retry
+
+
+def test_timeout_stops_new_trials_and_completes_the_study(sqlite_url, migrate):
+    load_test_plugins()
+    migrate(sqlite_url)
+    spec = tiny_spec(
+        "timeout",
+        model={"name": "sleepy_mlp", "params": {"delay_s": 0.02}},
+        budget={"n_trials": 1000, "timeout_seconds": 2},
+    )
+    make_study(sqlite_url, spec)
+    started = time.monotonic()
+    run_in_process(sqlite_url, spec.name)
+    row = get_study_row(get_engine(sqlite_url), spec.name)
+    assert row.status == StudyStatus.COMPLETED and row.status_reason == "timeout reached"
+    counts = study_counts(sqlite_url, spec.name)
+    assert 1 <= counts.finished < 1000 and counts.running == 0
+    assert time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize(
+    ("gpus", "per_device", "expected"),
+    [
+        (None, 1, ["cpu"]),
+        (None, 3, ["cpu", "cpu", "cpu"]),
+        ("0,1", 2, ["cuda:0", "cuda:0", "cuda:1", "cuda:1"]),
+    ],
+)
+def test_slot_devices_one_per_gpu_times_trials_per_device(gpus, per_device, expected):
+    assert slot_devices("cpu", gpus, per_device, gpu_count=2) == expected
+
+
+@pytest.mark.parametrize(
+    ("gpus", "message"),
+    [
+        ("all", "no GPU found"),
+        ("2", "no GPU 2 on this machine (2 found)"),
+        ("a,b", "expected 'all' or GPU indices like 0,1; got 'a,b'"),
+    ],
+)
+def test_slot_devices_refuses_gpus_this_machine_lacks(gpus, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        slot_devices("cpu", gpus, 1, gpu_count=0 if gpus == "all" else 2)
+
+
+def test_gpus_all_without_a_gpu_is_a_usage_error(sqlite_url, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["worker", "--storage", sqlite_url, "--gpus", "all"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip() == "error: --gpus: no GPU found"
