@@ -114,7 +114,15 @@ def train_size(
     *,
     data_dir: str | os.PathLike[str] | None = None,
 ) -> int:
-    """Number of training samples of a dataset (cheap after the first load: cached)."""
+    """Number of training samples of a dataset.
+
+    Generated datasets declare it (``train_size`` tag: computed from the params, nothing built), so
+    validating a spec never builds them; file datasets are loaded once and cached.
+    """
+    entry = DATASETS.get(name, "dataset.name")
+    size_of = entry.tags.get("train_size")
+    if size_of is not None:
+        return int(size_of(entry.resolve_params(params, "dataset.params")))
     return int(load_dataset(name, params, data_dir=data_dir).x_train.shape[0])
 
 

@@ -5,6 +5,7 @@ datasets ``cifar10``, ``mnist``, ``fashion_mnist`` (read from the data directory
 from __future__ import annotations
 
 import gzip
+import math
 import pickle
 import random
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from models.data import PATH_FIELD, Dataset, resolve_data_path, split_and_normalize
-from models.errors import DatasetError
+from models.errors import ConfigError, DatasetError
 from models.registry import DATASETS, Param
 
 _VAL = Param("val_fraction", "float", 0.1, "part of the training data held out", low=0.01, high=0.5)
@@ -25,18 +26,36 @@ def _limit(x: np.ndarray, y: np.ndarray, limit: int | None) -> tuple[np.ndarray,
     return (x, y) if limit is None else (x[:limit], y[:limit])
 
 
+def _minus_val(n: int, params: dict[str, Any]) -> int:
+    """Training samples left after ``split_and_normalize`` holds out the validation part."""
+    return n - round(n * params["val_fraction"])
+
+
+# Generated data is built in memory: bound it so a request cannot exhaust the server's memory.
+MAX_SYNTHETIC_VALUES = 50_000_000  # n_samples x values per sample (float32: 200 MB)
+
+
 # --- generated and bundled ----------------------------------------------------------------------
 
 
 @DATASETS.register(
     "mnist1d",
     params=(
-        Param("num_samples", "int", 5000, "samples generated (80% train, 20% test)", low=100),
+        Param(
+            "num_samples",
+            "int",
+            5000,
+            "samples generated (80% train, 20% test)",
+            low=100,
+            high=100_000,
+        ),
         Param("seed", "int", 42, "generator seed (mnist1d's default is 42)", low=0),
         _VAL,
         _SPLIT_SEED,
     ),
     description="MNIST-1D (Greydanus 2020): 40-point signals, 10 classes, generated locally.",
+    # make_dataset makes num_samples // 10 per class and keeps int(80%) of them for training.
+    train_size=lambda p: _minus_val(int(p["num_samples"] // 10 * 10 * 0.8), p),
 )
 def build_mnist1d(
     data_dir: Path, num_samples: int, seed: int, val_fraction: float, split_seed: int
@@ -60,6 +79,9 @@ def build_mnist1d(
     )  # fmt: skip
 
 
+DIGITS_SAMPLES = 1797
+
+
 @DATASETS.register(
     "digits",
     params=(
@@ -68,6 +90,7 @@ def build_mnist1d(
         _SPLIT_SEED,
     ),
     description="scikit-learn's 8x8 handwritten digits (1797 images, as 1x8x8).",
+    train_size=lambda p: _minus_val(DIGITS_SAMPLES - round(DIGITS_SAMPLES * p["test_fraction"]), p),
 )
 def build_digits(
     data_dir: Path, test_fraction: float, val_fraction: float, split_seed: int
@@ -87,10 +110,34 @@ def build_digits(
     )  # fmt: skip
 
 
+def _check_synthetic_size(n_samples: int, shape: list[int], num_classes: int) -> None:
+    values = max(n_samples, num_classes) * math.prod(shape)
+    if values > MAX_SYNTHETIC_VALUES:
+        raise ConfigError(
+            "dataset.params.shape",
+            f"max(n_samples, num_classes) x prod(shape) must be <= {MAX_SYNTHETIC_VALUES:,}, "
+            f"got {values:,}",
+        )
+
+
+def _synthetic_train_size(
+    n_samples: int, shape: list[int], num_classes: int, val_fraction: float, **_: Any
+) -> int:
+    _check_synthetic_size(n_samples, shape, num_classes)
+    return _minus_val(n_samples - max(1, n_samples // 5), {"val_fraction": val_fraction})
+
+
 @DATASETS.register(
     "synthetic",
     params=(
-        Param("n_samples", "int", 2048, "samples generated (80% train, 20% test)", low=20),
+        Param(
+            "n_samples",
+            "int",
+            2048,
+            "samples generated (80% train, 20% test)",
+            low=20,
+            high=1_000_000,
+        ),
         Param("shape", "list[int]", [16], "shape of one sample, e.g. [16] or [1, 8, 8]", low=1),
         Param("num_classes", "int", 4, "classes", low=2, high=1000),
         Param("noise", "float", 1.0, "within-class standard deviation", low=0.0),
@@ -98,6 +145,7 @@ def build_digits(
         _VAL,
     ),
     description="Gaussian class clusters of any shape: learnable, instant, no files.",
+    train_size=lambda p: _synthetic_train_size(**p),
 )
 def build_synthetic(
     data_dir: Path,
@@ -109,6 +157,7 @@ def build_synthetic(
     val_fraction: float,
 ) -> Dataset:
     """Class ``c`` samples are ``mu_c + noise * N(0, 1)`` with random centres ``mu_c ~ N(0, 1)``."""
+    _check_synthetic_size(n_samples, shape, num_classes)
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(num_classes, *shape))
     y = np.arange(n_samples) % num_classes  # balanced classes

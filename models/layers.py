@@ -79,6 +79,8 @@ class _GhostBatchNorm(_BatchNorm):
         n = x.shape[0]
         full, rest = divmod(n, g)
         if rest == 1:  # merge a lone sample into the last full chunk
+            if full == 1:  # g + 1 samples: that chunk is the whole batch
+                return super().forward(x)
             full, rest = full - 1, g + 1
         head = x[: full * g].reshape(full, g, *x.shape[1:])
         y_head, mean_h, var_h = self._normalize_chunks(head)

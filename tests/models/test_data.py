@@ -186,3 +186,22 @@ def test_unknown_dataset_lists_known_names_and_bad_params_name_the_field() -> No
     with pytest.raises(ConfigError) as err:
         load_dataset("mnist1d", {"num_samples": "many"})
     assert err.value.field == "dataset.params.num_samples"
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [
+        ("mnist1d", {}),
+        ("mnist1d", {"num_samples": 777, "val_fraction": 0.13}),
+        ("digits", {"test_fraction": 0.33, "val_fraction": 0.2}),
+        ("synthetic", {"n_samples": 401, "shape": [3], "val_fraction": 0.17}),
+    ],
+)
+def test_declared_train_size_matches_the_built_dataset(name, params) -> None:
+    assert train_size(name, params) == load_dataset(name, params).x_train.shape[0]
+
+
+def test_oversized_synthetic_data_is_refused_before_anything_is_built() -> None:
+    with pytest.raises(ConfigError) as info:
+        train_size("synthetic", {"n_samples": 100_000, "shape": [100_000, 100_000]})
+    assert info.value.field == "dataset.params.shape"

@@ -163,6 +163,9 @@ def manual_ghost_bn(bn: nn.BatchNorm1d | nn.BatchNorm2d, x: torch.Tensor, sizes:
         (GhostBatchNorm1d, nn.BatchNorm1d, (32, 6), [8, 8, 8, 8]),
         (GhostBatchNorm1d, nn.BatchNorm1d, (30, 6, 5), [8, 8, 8, 6]),
         (GhostBatchNorm2d, nn.BatchNorm2d, (33, 3, 4, 4), [8, 8, 8, 9]),  # lone sample merged
+        (GhostBatchNorm1d, nn.BatchNorm1d, (9, 6), [9]),  # g + 1: one chunk, the whole batch
+        (GhostBatchNorm1d, nn.BatchNorm1d, (17, 6), [8, 9]),  # 2g + 1
+        (GhostBatchNorm1d, nn.BatchNorm1d, (10, 6), [8, 2]),  # g + 2
     ],
 )
 @pytest.mark.parametrize("momentum", [0.1, None])
