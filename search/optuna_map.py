@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import optuna
@@ -49,24 +50,54 @@ def grid_search_space(spec: StudySpec) -> dict[str, list[Any]]:
                 f"search_space.{name}",
                 "the grid sampler needs choices or a range with a step, not a continuous range",
             )
-        count = round((dim.high - dim.low) / dim.step) + 1
+        # The small epsilon keeps high itself when (high - low) / step is a whole number up to
+        # float error; never a point above high (momentum 1.0 breaks AdamW).
+        count = math.floor((dim.high - dim.low) / dim.step + 1e-9) + 1
         if count > 10_000:
             raise SpecError(f"search_space.{name}.step", f"gives {count} grid points (max 10000)")
         values = [dim.low + i * dim.step for i in range(count)]
-        grid[name] = [int(v) for v in values] if DIMENSIONS[name][0] is DimKind.INT else values
+        if DIMENSIONS[name][0] is DimKind.INT:
+            grid[name] = [int(v) for v in values]
+        else:  # 0.1 * 3 is 0.30000000000000004: round to the step's decimals
+            decimals = max(0, -math.floor(math.log10(dim.step))) + 6
+            grid[name] = [round(v, decimals) for v in values]
+    size = math.prod(len(values) for values in grid.values())
+    if spec.budget.n_trials > size:
+        raise SpecError(
+            "budget.n_trials",
+            f"must be <= {size}, the number of grid points, got {spec.budget.n_trials}",
+        )
     return grid
 
 
-def make_sampler(spec: StudySpec, seed: int | None = None) -> optuna.samplers.BaseSampler:
+class _GridSampler(optuna.samplers.GridSampler):
+    """Optuna's GridSampler without its ``study.stop()`` once the grid is covered.
+
+    ``stop()`` raises outside ``optimize()``, and our workers use ask/tell; our budget
+    (``n_trials`` <= the grid size, checked at validation) ends the study instead.
+    """
+
+    def after_trial(self, *_: Any) -> None:
+        pass
+
+
+# Samplers whose points follow from the trial number and the seed (grid order, Sobol sequence):
+# every worker must use the spec's seed itself, or parallel workers would walk different sequences.
+SEQUENCE_SAMPLERS = {"grid", "qmc"}
+
+
+def make_sampler(spec: StudySpec, slot_id: int | None = None) -> optuna.samplers.BaseSampler:
     """The spec's sampler; options are passed as keyword arguments.
 
     Args:
         spec: The study spec.
-        seed: Overrides ``spec.sampler.seed``. Workers pass a seed derived from the spec's seed and
-            their slot id: samplers seeded alike in parallel workers would propose identical trials.
+        slot_id: The worker's slot. Random-search-like samplers get the spec's seed plus the slot
+            id: seeded alike in parallel workers they would propose identical trials.
     """
     s = spec.sampler
-    seed = s.seed if seed is None else seed
+    seed = s.seed
+    if seed is not None and slot_id is not None and s.name not in SEQUENCE_SAMPLERS:
+        seed += slot_id
     kwargs: dict[str, Any] = dict(s.options)
     factories: dict[str, Any] = {
         "tpe": optuna.samplers.TPESampler,
@@ -77,7 +108,7 @@ def make_sampler(spec: StudySpec, seed: int | None = None) -> optuna.samplers.Ba
         "nsga2": optuna.samplers.NSGAIISampler,
     }
     if s.name == "grid":
-        return optuna.samplers.GridSampler(grid_search_space(spec), seed=seed, **kwargs)
+        return _GridSampler(grid_search_space(spec), seed=seed, **kwargs)
     return factories[s.name](seed=seed, **kwargs)
 
 

@@ -357,7 +357,7 @@ def validate_spec(spec: StudySpec, limits: Limits) -> None:
 
     _check_caps(spec, limits)
     train_size = _check_components(spec)
-    _check_dimensions(spec.search_space, spec.model.name, train_size)
+    _check_dimensions(spec.search_space, spec.model.name, train_size, spec.training.nesterov)
     check_sampler_and_pruner(spec)
 
 
@@ -398,7 +398,9 @@ def _values_of(dim: Dimension) -> list[Any]:
     return [dim.low, dim.high]
 
 
-def _check_dimensions(space: SearchSpace, model_name: str, train_size: int) -> None:
+def _check_dimensions(
+    space: SearchSpace, model_name: str, train_size: int, nesterov: bool
+) -> None:
     from models.registry import MODELS
 
     for name, (kind, domain) in DIMENSIONS.items():
@@ -419,6 +421,10 @@ def _check_dimensions(space: SearchSpace, model_name: str, train_size: int) -> N
                 f"search_space.batch_size{where}",
                 f"must be <= {train_size} (the training-set size), got {int(value)}",
             )
+    if nesterov and any(v == 0 for _, v in _labelled_values(space.momentum)):
+        raise SpecError(
+            "training.nesterov", "needs momentum > 0, but search_space.momentum allows 0"
+        )
     allowed = MODELS.get(model_name).tags.get("placements")
     if allowed is not None:
         for where, value in _labelled_values(space.bn_placement):

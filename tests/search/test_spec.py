@@ -107,6 +107,26 @@ INVALID: list[tuple[dict[str, Any], str, str]] = [
     ({"training": {"epochs": 5_000}}, "training.epochs", "must be <= 1000 (server cap)"),
     ({"training": {"epochs": -1}}, "training.epochs", "Input should be greater than or equal to 1"),
     ({"budget": {"max_parallel": 0}}, "budget.max_parallel", "greater than or equal to 1"),
+    (
+        {"training": {"nesterov": True}, "search_space": {"momentum": {"low": 0, "high": 0.9}}},
+        "training.nesterov",
+        "needs momentum > 0, but search_space.momentum allows 0",
+    ),
+    (
+        {
+            "sampler": {"name": "grid"},
+            "budget": {"n_trials": 5},
+            "search_space": {
+                "batch_size": 32,
+                "learning_rate": {"choices": [0.1, 0.2]},
+                "momentum": 0.9,
+                "bn_momentum": 0.1,
+                "bn_placement": "none",
+            },
+        },
+        "budget.n_trials",
+        "must be <= 2, the number of grid points, got 5",
+    ),
 ]
 
 
@@ -189,19 +209,20 @@ def test_grid_expands_stepped_ranges() -> None:
         BASE
         | {
             "sampler": {"name": "grid"},
+            "budget": {"n_trials": 12},
             "search_space": {
-                "batch_size": {"low": 32, "high": 96, "step": 32},
+                "batch_size": {"low": 32, "high": 100, "step": 32},
                 "learning_rate": {"choices": [0.01, 0.1]},
-                "momentum": 0.9,
+                "momentum": {"low": 0.5, "high": 0.99, "step": 0.1},
                 "bn_momentum": 0.1,
-                "bn_placement": {"choices": ["before_activation", "none"]},
+                "bn_placement": "none",
             },
         }
     )
-    assert grid_search_space(spec) == {
+    assert grid_search_space(spec) == {  # never above high
         "batch_size": [32, 64, 96],
         "learning_rate": [0.01, 0.1],
-        "bn_placement": ["before_activation", "none"],
+        "momentum": [0.5, 0.6, 0.7, 0.8, 0.9],
     }
 
 
