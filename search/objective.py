@@ -4,8 +4,9 @@ Outcome policy (one place, applied by every worker):
 - ``ok``       → COMPLETE with the objective value(s).
 - ``pruned``   → PRUNED (the pruner said so; Optuna keeps the last reported value).
 - ``diverged`` → COMPLETE with the metric's *diverged value* (accuracy 0.0, samples/s 0.0, a loss of
-  ten times chance level, the real seconds spent), so samplers learn to avoid the region and the
-  trial counts toward ``n_trials``; ``status=diverged`` and the reason are user attrs.
+  ten times chance level, ``DIVERGED_SECONDS`` of training time), so a diverged trial is
+  never best nor on a Pareto front while any trial trained, samplers learn to avoid the region, and
+  the trial counts toward ``n_trials``; ``status=diverged`` and the reason are user attrs.
 - ``oom``      → FAIL with the reason (the config does not fit this device; no retry).
 - cancelled    → FAIL with reason "study cancelled".
 Every trial carries provenance user attrs (versions, device, seed, worker).
@@ -23,6 +24,7 @@ from typing import Any
 import optuna
 import torch
 from optuna.trial import TrialState
+from sqlalchemy.exc import SQLAlchemyError
 
 from models.config import EpochMetrics, TrainConfig, TrainResult, TrainStatus
 from models.train import train
@@ -31,6 +33,9 @@ from search.spec import PER_EPOCH_METRICS, Metric, StudySpec
 # Spec dimension name → TrainConfig field name (where they differ).
 _CONFIG_FIELD = {"precise_bn": "precise_bn_batches"}
 CANCELLED_REASON = "study cancelled"
+# A diverged run never reaches a trained model: its time is "never" (1e9 s, ~32 years), kept
+# finite so that it stays valid JSON and a usable value for every sampler.
+DIVERGED_SECONDS = 1e9
 
 
 @dataclass(frozen=True)
@@ -76,11 +81,11 @@ def metric_value(metric: Metric, result: TrainResult) -> float:
 
 
 def diverged_value(metric: Metric, result: TrainResult) -> float:
-    """The defined value of a diverged run: the worst sensible value of the metric."""
+    """The defined value of a diverged run: worse than any run that trained."""
     if metric in (Metric.VAL_ACCURACY, Metric.BEST_VAL_ACCURACY, Metric.SAMPLES_PER_SECOND):
         return 0.0
-    if metric is Metric.TRAIN_SECONDS:
-        return result.train_s
+    if metric is Metric.TRAIN_SECONDS:  # the real time would make it the fastest trial
+        return DIVERGED_SECONDS
     return 10 * math.log(max(result.num_classes, 2))  # ten times the loss of a uniform guess
 
 
@@ -155,11 +160,14 @@ def run_trial(
             return True
         if report:
             value = _epoch_value(primary, history)
-            if math.isfinite(value):
-                trial.report(value, metrics.epoch)
-                if trial.should_prune():
-                    stopped_by.append("pruner")
-                    return True
+            try:
+                if math.isfinite(value):
+                    trial.report(value, metrics.epoch)
+                    if trial.should_prune():
+                        stopped_by.append("pruner")
+                        return True
+            except (optuna.exceptions.StorageInternalError, SQLAlchemyError):
+                pass  # a database blip skips one pruning decision; training goes on
         return False
 
     result = train(config, on_epoch=on_epoch)

@@ -28,16 +28,18 @@ def trial_summary(trial: FrozenTrial) -> dict[str, Any]:
 
 
 def best_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """The best trial (single objective) or the Pareto front (two objectives); [] if none yet.
+    """The best trial (single objective) or the Pareto front (two objectives), best on the first
+    objective first; [] if none yet.
 
-    Diverged trials are COMPLETE with a penalty value; they are never "best" unless nothing else
-    finished, and then they are still reported as such through their ``status`` attr.
+    Diverged trials are COMPLETE with a penalty value worse than any trained run: they are best
+    only when nothing trained, and their ``status`` attr says so.
     """
     if not any(t.state is TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
         return []
     if len(study.directions) == 1:
         return [study.best_trial]
-    return sorted(study.best_trials, key=lambda t: t.number)
+    sign = 1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1
+    return sorted(study.best_trials, key=lambda t: (-sign * t.values[0], t.number))
 
 
 def best_summary(study: optuna.Study, spec: StudySpec) -> dict[str, Any] | None:

@@ -17,6 +17,7 @@ import pytest
 from optuna.trial import TrialState
 
 from search.db import StudyStatus
+from search.results import best_summary
 from search.runner import run_study
 from search.storage import get_engine, get_storage
 from search.studies import cancel_study, get_study_row
@@ -292,3 +293,30 @@ def test_grid_study_covers_every_point_once_and_completes(sqlite_url, migrate):
     assert_exact(sqlite_url, spec.name, 4)
     points = {tuple(sorted(t.params.items())) for t in trials_of(sqlite_url, spec.name)}
     assert len(points) == 4
+
+
+def test_diverged_trial_is_never_on_the_pareto_front(sqlite_url, migrate):
+    migrate(sqlite_url)
+    spec = tiny_spec(
+        "pareto",
+        objective={"metric": "val_accuracy", "secondary": {"metric": "train_seconds"}},
+        sampler={"name": "grid", "seed": 0},
+        search_space={
+            "learning_rate": {"choices": [1000.0, 0.1]},
+            "bn_placement": "none",
+            "momentum": 0.9,
+            "batch_size": 32,
+            "bn_momentum": 0.1,
+        },
+        budget={"n_trials": 2},
+    )
+    make_study(sqlite_url, spec)
+    run_in_process(sqlite_url, spec.name)
+    study = optuna.load_study(study_name=spec.name, storage=get_storage(sqlite_url))
+    diverged = [t for t in study.trials if t.user_attrs["status"] == "diverged"]
+    assert len(diverged) == 1
+    assert diverged[0].values[1] > max(t.values[1] for t in study.trials if t not in diverged)
+    summary = best_summary(study, spec)
+    assert summary["params"]["learning_rate"] == 0.1
+    front = [t["number"] for t in summary["pareto_front"] or []] + [summary["trial_number"]]
+    assert diverged[0].number not in front
