@@ -116,13 +116,12 @@ def train_size(
 ) -> int:
     """Number of training samples of a dataset.
 
-    Generated datasets declare it (``train_size`` tag: computed from the params, nothing built), so
+    Generated datasets declare it (``train_size=`` at registration: computed from the params), so
     validating a spec never builds them; file datasets are loaded once and cached.
     """
     entry = DATASETS.get(name, "dataset.name")
-    size_of = entry.tags.get("train_size")
-    if size_of is not None:
-        return int(size_of(entry.resolve_params(params, "dataset.params")))
+    if entry.train_size is not None:
+        return int(entry.train_size(entry.resolve_params(params, "dataset.params")))
     return int(load_dataset(name, params, data_dir=data_dir).x_train.shape[0])
 
 

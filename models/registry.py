@@ -85,7 +85,9 @@ class Entry:
     builder: Callable[..., Any]
     params: tuple[Param, ...] = ()
     description: str = ""
-    tags: Mapping[str, Any] = field(default_factory=dict)
+    tags: Mapping[str, Any] = field(default_factory=dict)  # JSON-able facts, e.g. placements
+    # Datasets: training-set size computed from resolved params without building anything.
+    train_size: Callable[[dict[str, Any]], int] | None = None
 
     def resolve_params(self, params: Mapping[str, Any] | None, field_path: str) -> dict[str, Any]:
         """Validate ``params`` against the declared ones and fill in defaults."""
@@ -124,6 +126,7 @@ class Registry:
         name: str,
         params: tuple[Param, ...] = (),
         description: str = "",
+        train_size: Callable[[dict[str, Any]], int] | None = None,
         **tags: Any,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Decorator registering ``builder`` under ``name`` (re-registering replaces)."""
@@ -131,7 +134,7 @@ class Registry:
         def decorate(builder: Callable[..., Any]) -> Callable[..., Any]:
             doc = description or (builder.__doc__ or "").strip().splitlines()[0:1]
             text = doc if isinstance(doc, str) else (doc[0] if doc else "")
-            self._entries[name] = Entry(name, builder, tuple(params), text, tags)
+            self._entries[name] = Entry(name, builder, tuple(params), text, tags, train_size)
             return builder
 
         return decorate

@@ -8,14 +8,16 @@ need about 64 connections in steady state, under PostgreSQL's default ``max_conn
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import optuna
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 # Heartbeats, fail_stale_trials and the retry callback are "experimental" in Optuna 5 by label
 # only; they are the crash recovery we rely on, so their warnings would be noise in every log.
@@ -58,26 +60,42 @@ def get_engine(url: str) -> Engine:
     return _engine(normalize_url(url))
 
 
+_LOCKED = "bnsweep_locked"  # execution option: this transaction reads, then writes
+
+
 @functools.cache
 def _engine(url: str) -> Engine:
-    """Create the engine for a normalized URL.
-
-    On SQLite every transaction starts with ``BEGIN IMMEDIATE``: SQLite ignores ``FOR UPDATE``, and
-    a deferred transaction that reads then writes can fail to upgrade its lock under contention.
-    Taking the write lock up front serializes claims the way a row lock does on PostgreSQL.
-    """
+    """Create the engine for a normalized URL (SQLite: WAL, and see ``locked_transaction``)."""
     engine = sa.create_engine(url, **engine_kwargs(url))
     if is_sqlite(url):
 
         @event.listens_for(engine, "connect")
-        def _no_pysqlite_transactions(dbapi_conn: Any, _: Any) -> None:
+        def _sqlite_setup(dbapi_conn: Any, _: Any) -> None:
             dbapi_conn.isolation_level = None  # let the "begin" hook below control transactions
+            dbapi_conn.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
 
         @event.listens_for(engine, "begin")
-        def _begin_immediate(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        def _begin(conn: Connection) -> None:
+            immediate = conn.get_execution_options().get(_LOCKED, False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+@contextlib.contextmanager
+def locked_transaction(engine: Engine) -> Iterator[Connection]:
+    """A transaction for read-then-write units (claims, status changes).
+
+    On PostgreSQL it is a plain transaction; callers lock rows with ``FOR UPDATE``. SQLite ignores
+    ``FOR UPDATE``, and a deferred transaction that reads then writes can fail to upgrade its lock
+    under contention, so here it starts with ``BEGIN IMMEDIATE``: the write lock taken up front
+    serializes these units the way the row lock does on PostgreSQL. Plain reads and single writes
+    use ``engine.connect()`` / ``engine.begin()`` and take no lock up front.
+    """
+    with engine.connect() as conn:
+        conn.execution_options(**{_LOCKED: True})
+        with conn.begin():
+            yield conn
 
 
 def create_optuna_schema(url: str) -> None:

@@ -25,6 +25,7 @@ from search.errors import StudyNotFoundError, StudyStateError
 from search.optuna_map import make_pruner, make_sampler
 from search.retry import SPEC_ATTR
 from search.spec import StudySpec
+from search.storage import locked_transaction
 
 _TRIALS = optuna_models.TrialModel.__table__
 FINISHED_STATES = ("COMPLETE", "PRUNED")
@@ -256,7 +257,7 @@ def claim_slot(
 ) -> Claim | None:
     """Take one trial's slot in the first of ``study_ids`` that has budget left, atomically."""
     for study_id in study_ids:
-        with engine.begin() as conn:
+        with locked_transaction(engine) as conn:
             row = _lock_study(conn, study_id)
             if row is None or not StudyStatus(row.status).is_active:
                 continue
@@ -319,7 +320,7 @@ def heartbeat_slot(engine: Engine, slot_id: int) -> None:
 
 def finish_slot(engine: Engine, slot_id: int, trial_state: str | None) -> None:
     """Close a slot after its trial was told, then settle the study's status."""
-    with engine.begin() as conn:
+    with locked_transaction(engine) as conn:
         slot = conn.execute(sa.select(SlotRow.study_id).where(SlotRow.id == slot_id)).first()
         if slot is None:  # the study was deleted meanwhile
             return
@@ -347,7 +348,7 @@ def study_status(engine: Engine, study_id: int) -> StudyStatus | None:
 def cancel_study(engine: Engine, study: int | str) -> StudyRow:
     """Stop a queued or running study: no new trials; running ones stop at the next epoch."""
     row = get_study_row(engine, study)
-    with engine.begin() as conn:
+    with locked_transaction(engine) as conn:
         locked = _lock_study(conn, row.id)
         if locked is None:
             raise StudyNotFoundError(f"no study {study!r}")
@@ -357,33 +358,54 @@ def cancel_study(engine: Engine, study: int | str) -> StudyRow:
     return get_study_row(engine, row.id)
 
 
-def delete_study(engine: Engine, storage: optuna.storages.BaseStorage, study: int | str) -> None:
-    """Delete our row and Optuna's study. Refused while the study is running."""
+def delete_study(
+    engine: Engine,
+    storage: optuna.storages.BaseStorage,
+    study: int | str,
+    grace_period_s: float,
+) -> None:
+    """Delete Optuna's study and our row. Refused while the study runs or a live worker still
+    holds one of its trials (a dead worker's slot is released first)."""
     row = get_study_row(engine, study)
-    with engine.begin() as conn:
+    with locked_transaction(engine) as conn:
         locked = _lock_study(conn, row.id)
         if locked is None:
             raise StudyNotFoundError(f"no study {study!r}")
-        if locked.status == StudyStatus.RUNNING.value or _active_slots(conn, row.id) > 0:
+        _release_stale_slots(conn, row.id, grace_period_s)
+        if locked.status == StudyStatus.RUNNING.value:
             raise StudyStateError(f"study {row.name!r} is running; cancel it first")
+        if _active_slots(conn, row.id) > 0:
+            raise StudyStateError(f"study {row.name!r} still has a trial stopping; retry shortly")
+        if locked.status == StudyStatus.QUEUED.value:  # no worker may claim it from here on
+            _set_status(conn, row.id, StudyStatus.CANCELLED, "being deleted")
+    # Optuna's study first: if that fails, our row is still there and DELETE can be retried. The
+    # other order could strand Optuna's study, and its name, with no row left to reach it.
+    with contextlib.suppress(KeyError):  # already gone (an earlier attempt)
+        optuna.delete_study(study_name=row.name, storage=storage)
+    with engine.begin() as conn:
         conn.execute(sa.delete(SlotRow).where(SlotRow.study_id == row.id))
         conn.execute(sa.delete(StudyRow).where(StudyRow.id == row.id))
-    with contextlib.suppress(KeyError):  # Optuna's study may already be gone
-        optuna.delete_study(study_name=row.name, storage=storage)
 
 
 def reap(engine: Engine, storage: optuna.storages.BaseStorage, grace_period_s: float) -> None:
-    """Housekeeping for active studies whose workers may all be dead.
+    """Housekeeping for studies whose workers may all be dead.
 
     Fails trials with a stale heartbeat (Optuna does so only when a worker starts a trial, so a
     study whose workers all died would keep a RUNNING trial forever), queues their retries, frees
-    stale slots, and settles statuses (timeouts).
+    stale slots, and settles statuses (timeouts). Covers active studies and ended ones (e.g.
+    cancelled) that a dead worker still holds a slot of.
     """
-    for study_id in active_study_ids(engine):
+    with engine.connect() as conn:
+        held = set(
+            conn.execute(
+                sa.select(SlotRow.study_id).where(SlotRow.state == SlotState.ACTIVE.value)
+            ).scalars()
+        )
+    for study_id in sorted(set(active_study_ids(engine)) | held):
         row = get_study_row(engine, study_id)
         study = optuna.load_study(study_name=row.name, storage=storage)
         optuna.storages.fail_stale_trials(study)
-        with engine.begin() as conn:
+        with locked_transaction(engine) as conn:
             locked = _lock_study(conn, study_id)
             if locked is None:
                 continue

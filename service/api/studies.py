@@ -242,9 +242,15 @@ def cancel(study_id: StudyId, engine: EngineDep, storage: StorageDep, _: WriteKe
     response_class=Response,
     responses={**_WRITE_ERRORS, **_NOT_FOUND, 409: {"model": ErrorBody, "description": "Running"}},
 )
-def delete(study_id: StudyId, engine: EngineDep, storage: StorageDep, _: WriteKey) -> None:
+def delete(
+    study_id: StudyId,
+    settings: SettingsDep,
+    engine: EngineDep,
+    storage: StorageDep,
+    _: WriteKey,
+) -> None:
     """Delete a study that is not running, with its Optuna study and trials."""
-    delete_study(engine, storage, study_id)
+    delete_study(engine, storage, study_id, settings.grace_period_s)
 
 
 def _public(engine: Engine, storage: optuna.storages.RDBStorage, row: StudyRow) -> StudyPublic:
