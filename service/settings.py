@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from search.spec import Limits
@@ -36,6 +37,16 @@ class Settings(BaseSettings):
     api_key: str | None = None
     http_timeout_s: float = Field(default=30.0, gt=0)
 
+    @model_validator(mode="after")
+    def _grace_outlasts_heartbeats(self) -> Settings:
+        # A grace period shorter than two heartbeats fails live trials as stale.
+        if self.grace_period_s < 2 * self.heartbeat_interval_s:
+            raise ValueError(
+                f"grace_period_s ({self.grace_period_s}) must be at least twice "
+                f"heartbeat_interval_s ({self.heartbeat_interval_s})"
+            )
+        return self
+
     @property
     def base_url(self) -> str:
         """Where the CLI reaches the API."""
@@ -53,5 +64,12 @@ class Settings(BaseSettings):
 
 @functools.cache
 def get_settings() -> Settings:
-    """The process-wide settings (read once)."""
-    return Settings()
+    """The process-wide settings (read once).
+
+    ``models/`` reads its data directory from the environment (it knows nothing of settings), so a
+    ``BNSWEEP_DATA_DIR`` given in ``.env`` is passed on to it here, for this process and the
+    workers it starts.
+    """
+    settings = Settings()
+    os.environ.setdefault("BNSWEEP_DATA_DIR", str(settings.data_dir))
+    return settings

@@ -86,3 +86,28 @@ def test_database_outage_is_503_json(server_without_database, method, path):
     )
     assert response.status_code == 503
     assert response.json() == {"detail": "database unavailable"}
+
+
+def test_settings_refuse_a_grace_period_shorter_than_two_heartbeats():
+    from pydantic import ValidationError
+
+    from service.settings import Settings
+
+    with pytest.raises(ValidationError, match="must be at least twice heartbeat_interval_s"):
+        Settings(heartbeat_interval_s=5, grace_period_s=6)
+
+
+def test_data_dir_from_dotenv_reaches_the_datasets(tmp_path, monkeypatch):
+    from models.data import default_data_dir
+    from service.settings import get_settings
+
+    (tmp_path / ".env").write_text(f"BNSWEEP_DATA_DIR={tmp_path / 'datasets'}\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BNSWEEP_DATA_DIR", "")  # recorded, so teardown restores the original
+    monkeypatch.delenv("BNSWEEP_DATA_DIR")
+    get_settings.cache_clear()
+    try:
+        get_settings()
+        assert default_data_dir() == tmp_path / "datasets"
+    finally:
+        get_settings.cache_clear()
