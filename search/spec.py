@@ -398,9 +398,7 @@ def _values_of(dim: Dimension) -> list[Any]:
     return [dim.low, dim.high]
 
 
-def _check_dimensions(
-    space: SearchSpace, model_name: str, train_size: int, nesterov: bool
-) -> None:
+def _check_dimensions(space: SearchSpace, model_name: str, train_size: int, nesterov: bool) -> None:
     from models.registry import MODELS
 
     for name, (kind, domain) in DIMENSIONS.items():
