@@ -242,10 +242,7 @@ class Worker:
         self.current_slot_id = claim.slot_id
         trial_state: str | None = None
         try:
-            seed = None if spec.sampler.seed is None else spec.sampler.seed + claim.slot_id
-            study = self._retry(
-                lambda: self._load_study(claim, seed), f"load study {claim.study_name!r}"
-            )
+            study = self._retry(lambda: self._load_study(claim), f"load study {claim.study_name!r}")
             trial = self._retry(lambda: self._ask(study, spec), "ask")
             # Retried on its own: retrying the ask would leave the first trial orphaned.
             self._retry(lambda: self.storage.record_heartbeat(trial._trial_id), "heartbeat")
@@ -260,9 +257,10 @@ class Worker:
                 "worker row",
             )
             outcome, retry = self._train(claim, trial)
-            self._retry(lambda: self._tell(study, trial, outcome), "tell")
-            trial_state = outcome.state.name
-            if retry:
+            told = self._retry(lambda: self._tell(study, trial, outcome), "tell")
+            # Not told: another worker failed the trial as stale (and queued its retry).
+            trial_state = outcome.state.name if told else TrialState.FAIL.name
+            if retry and told:
                 frozen = self._retry(lambda: study._storage.get_trial(trial._trial_id), "read")
                 self._retry(lambda: RetryFromSpec()(study, frozen), "queue retry")
             self.trials_run += 1
@@ -277,15 +275,15 @@ class Worker:
                 "worker row",
             )
 
-    def _load_study(self, claim: Claim, seed: int | None) -> optuna.Study:
+    def _load_study(self, claim: Claim) -> optuna.Study:
         study = optuna.load_study(
             study_name=claim.study_name,
             storage=self.storage,
-            sampler=make_sampler(claim.spec, seed=seed),
+            sampler=make_sampler(claim.spec, slot_id=claim.slot_id),
             pruner=make_pruner(claim.spec),
         )
         # Optuna only fails stale trials inside optimize(); with ask/tell we do it here.
-        adopt_orphaned_trials(self.engine, claim.study_id, study._study_id)
+        adopt_orphaned_trials(self.engine, claim.study_id, study._study_id, claim.slot_id)
         optuna.storages.fail_stale_trials(study)
         return study
 
@@ -313,6 +311,19 @@ class Worker:
         except WorkerStopped as exc:
             attrs = {"status": "interrupted", "reason": str(exc), "worker_id": self.worker_id}
             return TrialOutcome(TrialState.FAIL, None, attrs), True
+        except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
+            # The database went away mid-trial (a report, a prune check): the run cannot go on
+            # without its intermediate values, but the configuration is not at fault: retry it.
+            log.warning("trial %s lost the database: %s", trial.number, _first(exc))
+            reason = f"database unavailable during training: {_first(exc)}"[:2000]
+            attrs = {"status": "interrupted", "reason": reason, "worker_id": self.worker_id}
+            return TrialOutcome(TrialState.FAIL, None, attrs), True
+        except optuna.exceptions.UpdateFinishedTrialError as exc:
+            # Our heartbeats were late (an overloaded host, a long outage): another worker failed
+            # the trial as stale and queued its retry. Stop training it; nothing left to tell.
+            log.warning("trial %s was failed as stale meanwhile: %s", trial.number, exc)
+            attrs = {"status": "stale", "reason": str(exc), "worker_id": self.worker_id}
+            return TrialOutcome(TrialState.FAIL, None, attrs), False
         except Exception as exc:  # a bug or bad data must not kill the worker: record it
             log.exception("trial %s raised", trial.number)
             attrs = {
@@ -324,15 +335,25 @@ class Worker:
         finally:
             self.in_training = False
 
-    def _tell(self, study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome) -> None:
+    def _tell(self, study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome) -> bool:
+        """Record the outcome; False if the trial had already finished (failed as stale)."""
         storage = study._storage
-        for key, value in outcome.user_attrs.items():
-            storage.set_trial_user_attr(trial._trial_id, key, value)
-        # skip_if_finished: the trial may already have been failed as stale during a long outage.
+        try:
+            for key, value in outcome.user_attrs.items():
+                storage.set_trial_user_attr(trial._trial_id, key, value)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # Failed as stale by another worker during a long outage or a stall of ours: its
+            # state and retry are settled; raising here would end this worker process.
+            log.warning("trial %s was failed as stale meanwhile; not told", trial.number)
+            return False
+        # skip_if_finished: it may have been failed as stale between the attrs and the tell.
         study.tell(trial, outcome.values, state=outcome.state, skip_if_finished=True)
+        return True
 
 
-def adopt_orphaned_trials(engine: sa.Engine, study_id: int, optuna_study_id: int) -> int:
+def adopt_orphaned_trials(
+    engine: sa.Engine, study_id: int, optuna_study_id: int, own_slot_id: int | None = None
+) -> int:
     """Give RUNNING trials that have no heartbeat row one; return how many.
 
     ``study.ask()`` makes a trial RUNNING before its worker records the first heartbeat. A worker
@@ -341,7 +362,8 @@ def adopt_orphaned_trials(engine: sa.Engine, study_id: int, optuna_study_id: int
     not yet linked to a trial, and that slot's heartbeat stopped when the worker died; the orphan
     gets the newest heartbeat of such slots, so it goes stale exactly when a dead worker's slot
     does, and never while an unlinked slot is still heartbeating (a live worker between its ask
-    and its first heartbeat). Both clocks are the database's, as for Optuna's own heartbeats.
+    and its first heartbeat). The caller's own slot (claimed, not yet linked) does not count.
+    Both clocks are the database's, as for Optuna's own heartbeats.
     """
     trials = optuna_models.TrialModel.__table__
     beats = optuna_models.TrialHeartbeatModel.__table__
@@ -365,6 +387,7 @@ def adopt_orphaned_trials(engine: sa.Engine, study_id: int, optuna_study_id: int
                     SlotRow.study_id == study_id,
                     SlotRow.trial_number.is_(None),
                     SlotRow.state != SlotState.DONE.value,
+                    SlotRow.id != (own_slot_id or 0),
                 )
             ).scalar()
             dated = newest_unlinked or conn.execute(sa.select(sa.func.now())).scalar_one()

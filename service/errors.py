@@ -11,7 +11,7 @@ import logging
 import optuna
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, SQLAlchemyError
 
 from models.errors import ConfigError
 from search.errors import StudyNotFoundError, StudyStateError
@@ -52,6 +52,12 @@ async def _auth(_: Request, exc: AuthError) -> JSONResponse:
 
 
 async def _database(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, DataError) or isinstance(exc.__cause__, DataError):
+        # A value the database cannot store (e.g. a NUL character in a text field) is the
+        # client's error, not an outage: a 503 would have clients retry it forever.
+        reason = (str(exc.__cause__ or exc).splitlines() or ["invalid value"])[0]
+        detail = [{"loc": ["request"], "msg": f"value refused: {reason}", "type": "value_error"}]
+        return JSONResponse({"detail": detail}, status_code=422)
     # An outage is expected operation (restarts, failovers): one log line, a 503 the client retries.
     log.warning(
         "database unavailable (%s %s): %s",
