@@ -17,6 +17,7 @@ from typing import Any
 import optuna
 import sqlalchemy as sa
 from optuna.storages._rdb import models as optuna_models
+from optuna.trial import TrialState
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
@@ -342,6 +343,52 @@ def study_status(engine: Engine, study_id: int) -> StudyStatus | None:
     return StudyStatus(status) if status else None
 
 
+def adopt_orphaned_trials(
+    engine: Engine, study_id: int, optuna_study_id: int, own_slot_id: int | None = None
+) -> int:
+    """Give RUNNING trials that have no heartbeat row one; return how many.
+
+    ``study.ask()`` makes a trial RUNNING before its worker records the first heartbeat. A worker
+    killed in between leaves a trial that ``fail_stale_trials`` never fails (Optuna skips trials
+    without a heartbeat row): it stays RUNNING forever and is never retried. Its worker held a slot
+    not yet linked to a trial, and that slot's heartbeat stopped when the worker died; the orphan
+    gets the newest heartbeat of such slots, so it goes stale exactly when a dead worker's slot
+    does, and never while an unlinked slot is still heartbeating (a live worker between its ask
+    and its first heartbeat). The caller's own slot (claimed, not yet linked) does not count.
+    Both clocks are the database's, as for Optuna's own heartbeats.
+    """
+    trials = optuna_models.TrialModel.__table__
+    beats = optuna_models.TrialHeartbeatModel.__table__
+    try:
+        with engine.begin() as conn:
+            orphans = (
+                conn.execute(
+                    sa.select(trials.c.trial_id).where(
+                        trials.c.study_id == optuna_study_id,
+                        trials.c.state == TrialState.RUNNING,
+                        ~sa.exists().where(beats.c.trial_id == trials.c.trial_id),
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            if not orphans:
+                return 0
+            newest_unlinked = conn.execute(
+                sa.select(sa.func.max(SlotRow.heartbeat_at)).where(
+                    SlotRow.study_id == study_id,
+                    SlotRow.trial_number.is_(None),
+                    SlotRow.state != SlotState.DONE.value,
+                    SlotRow.id != (own_slot_id or 0),
+                )
+            ).scalar()
+            dated = newest_unlinked or conn.execute(sa.select(sa.func.now())).scalar_one()
+            conn.execute(sa.insert(beats), [{"trial_id": t, "heartbeat": dated} for t in orphans])
+    except IntegrityError:  # its worker recorded the first heartbeat meanwhile: not an orphan
+        return 0
+    return len(orphans)
+
+
 # --- cancel / delete / reap ---------------------------------------------------------------------
 
 
@@ -404,6 +451,7 @@ def reap(engine: Engine, storage: optuna.storages.BaseStorage, grace_period_s: f
     for study_id in sorted(set(active_study_ids(engine)) | held):
         row = get_study_row(engine, study_id)
         study = optuna.load_study(study_name=row.name, storage=storage)
+        adopt_orphaned_trials(engine, study_id, row.optuna_study_id)
         optuna.storages.fail_stale_trials(study)
         with locked_transaction(engine) as conn:
             locked = _lock_study(conn, study_id)

@@ -24,12 +24,11 @@ from typing import Any, TypeVar
 
 import optuna
 import sqlalchemy as sa
-from optuna.storages._rdb import models as optuna_models
 from optuna.trial import TrialState
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from models.device import resolve_device
-from search.db import SlotRow, SlotState, StudyStatus, WorkerRow
+from search.db import StudyStatus, WorkerRow
 from search.objective import TrialOutcome, run_trial
 from search.optuna_map import distributions, make_pruner, make_sampler
 from search.retry import RetryFromSpec
@@ -43,6 +42,7 @@ from search.storage import (
 from search.studies import (
     Claim,
     active_study_ids,
+    adopt_orphaned_trials,
     claim_slot,
     finish_slot,
     heartbeat_slot,
@@ -71,10 +71,12 @@ class WorkerOptions:
     max_backoff_s: float = 30.0
 
 
-class WorkerStopped(Exception):
+class WorkerStopped(BaseException):
     """Raised in the training thread by SIGTERM/SIGINT, so the trial is told FAIL and retried.
 
-    ``optimize`` and a handler calling ``sys.exit()`` would leave the trial RUNNING.
+    ``optimize`` and a handler calling ``sys.exit()`` would leave the trial RUNNING. A
+    BaseException, like KeyboardInterrupt: raised inside a database call, SQLAlchemy would wrap an
+    ordinary Exception in a StatementError, which the blip handling would then swallow.
     """
 
 
@@ -146,25 +148,10 @@ class Worker:
         self._retry(self._register, "register worker")
         heartbeat = Heartbeat(self)
         heartbeat.start()
-        idle_since = time.monotonic()
-        backoff = self.options.poll_s
         try:
-            while not self.stop_requested:
-                try:
-                    claim = self._claim()
-                except TRANSIENT_ERRORS as exc:
-                    log.warning("database unavailable (retry in %.0fs): %s", backoff, _first(exc))
-                    self._sleep(backoff)
-                    backoff = min(backoff * 2, self.options.max_backoff_s)
-                    continue
-                backoff = self.options.poll_s
-                if claim is not None:
-                    self._run_claim(claim)
-                    idle_since = time.monotonic()
-                    continue
-                if self._should_exit(idle_since):
-                    break
-                self._sleep(self.options.poll_s)
+            self._work()
+        except WorkerStopped as exc:  # stopped while the database was away: gave up waiting
+            log.warning("%s; leaving the rest to the reaper", exc)
         finally:
             heartbeat.stop_event.set()
             heartbeat.join(timeout=5)
@@ -176,6 +163,27 @@ class Worker:
                 signal.signal(signum, handler)
         return self.trials_run
 
+    def _work(self) -> None:
+        """Claim and run trials until stopped, idle for long enough, or the study ended."""
+        idle_since = time.monotonic()
+        backoff = self.options.poll_s
+        while not self.stop_requested:
+            try:
+                claim = self._claim()
+            except TRANSIENT_ERRORS as exc:
+                log.warning("database unavailable (retry in %.0fs): %s", backoff, _first(exc))
+                self._sleep(backoff)
+                backoff = min(backoff * 2, self.options.max_backoff_s)
+                continue
+            backoff = self.options.poll_s
+            if claim is not None:
+                self._run_claim(claim)
+                idle_since = time.monotonic()
+                continue
+            if self._should_exit(idle_since):
+                break
+            self._sleep(self.options.poll_s)
+
     def _install_signal_handlers(self) -> dict[int, Any]:
         """Make SIGTERM/SIGINT stop the worker cleanly; return the handlers they replace."""
         if threading.current_thread() is not threading.main_thread():
@@ -184,6 +192,7 @@ class Worker:
         def handle(signum: int, _: Any) -> None:
             self.stop_requested = f"worker stopped by {signal.Signals(signum).name}"
             if self.in_training:
+                self.in_training = False  # a second signal must not interrupt the clean-up
                 raise WorkerStopped(self.stop_requested)
 
         return {signum: signal.signal(signum, handle) for signum in (signal.SIGTERM, signal.SIGINT)}
@@ -194,9 +203,10 @@ class Worker:
             return True
         return o.idle_exit_s is not None and time.monotonic() - idle_since >= o.idle_exit_s
 
-    def _sleep(self, seconds: float) -> None:
+    def _sleep(self, seconds: float, even_when_stopping: bool = False) -> None:
+        """Sleep in small steps; return early once a stop is requested, unless told not to."""
         deadline = time.monotonic() + seconds
-        while not self.stop_requested and time.monotonic() < deadline:
+        while time.monotonic() < deadline and (even_when_stopping or not self.stop_requested):
             time.sleep(min(0.1, seconds))
 
     # --- database bookkeeping
@@ -220,14 +230,23 @@ class Worker:
             )
 
     def _retry(self, fn: Callable[[], T], what: str) -> T:
-        """Run an idempotent database step until it succeeds (a blip or a restart is normal)."""
+        """Run an idempotent database step until it succeeds (a blip or a restart is normal).
+
+        Once a stop is requested, waiting is bounded by the grace period: then WorkerStopped, and
+        what is left (a RUNNING trial, an active slot) goes stale and is retried elsewhere.
+        """
         delay = min(1.0, self.options.poll_s)
+        give_up_at: float | None = None
         while True:
             try:
                 return fn()
             except TRANSIENT_ERRORS as exc:
+                if self.stop_requested:
+                    give_up_at = give_up_at or time.monotonic() + self.options.grace_period_s
+                    if time.monotonic() >= give_up_at:
+                        raise WorkerStopped(f"{self.stop_requested} during an outage") from exc
                 log.warning("%s failed (retry in %.1fs): %s", what, delay, _first(exc))
-                time.sleep(delay)
+                self._sleep(delay, even_when_stopping=True)
                 delay = min(delay * 2, self.options.max_backoff_s)
 
     def _claim(self) -> Claim | None:
@@ -297,6 +316,8 @@ class Worker:
         """Train; returns the outcome and whether the trial should be retried."""
 
         def cancelled() -> bool:
+            if self.stop_requested:  # a signal that landed inside a database call, say
+                raise WorkerStopped(str(self.stop_requested))
             try:
                 status = study_status(self.engine, claim.study_id)
                 return status in (None, StudyStatus.CANCELLED, StudyStatus.FAILED)
@@ -349,52 +370,6 @@ class Worker:
         # skip_if_finished: it may have been failed as stale between the attrs and the tell.
         study.tell(trial, outcome.values, state=outcome.state, skip_if_finished=True)
         return True
-
-
-def adopt_orphaned_trials(
-    engine: sa.Engine, study_id: int, optuna_study_id: int, own_slot_id: int | None = None
-) -> int:
-    """Give RUNNING trials that have no heartbeat row one; return how many.
-
-    ``study.ask()`` makes a trial RUNNING before its worker records the first heartbeat. A worker
-    killed in between leaves a trial that ``fail_stale_trials`` never fails (Optuna skips trials
-    without a heartbeat row): it stays RUNNING forever and is never retried. Its worker held a slot
-    not yet linked to a trial, and that slot's heartbeat stopped when the worker died; the orphan
-    gets the newest heartbeat of such slots, so it goes stale exactly when a dead worker's slot
-    does, and never while an unlinked slot is still heartbeating (a live worker between its ask
-    and its first heartbeat). The caller's own slot (claimed, not yet linked) does not count.
-    Both clocks are the database's, as for Optuna's own heartbeats.
-    """
-    trials = optuna_models.TrialModel.__table__
-    beats = optuna_models.TrialHeartbeatModel.__table__
-    try:
-        with engine.begin() as conn:
-            orphans = (
-                conn.execute(
-                    sa.select(trials.c.trial_id).where(
-                        trials.c.study_id == optuna_study_id,
-                        trials.c.state == TrialState.RUNNING,
-                        ~sa.exists().where(beats.c.trial_id == trials.c.trial_id),
-                    )
-                )
-                .scalars()
-                .all()
-            )
-            if not orphans:
-                return 0
-            newest_unlinked = conn.execute(
-                sa.select(sa.func.max(SlotRow.heartbeat_at)).where(
-                    SlotRow.study_id == study_id,
-                    SlotRow.trial_number.is_(None),
-                    SlotRow.state != SlotState.DONE.value,
-                    SlotRow.id != (own_slot_id or 0),
-                )
-            ).scalar()
-            dated = newest_unlinked or conn.execute(sa.select(sa.func.now())).scalar_one()
-            conn.execute(sa.insert(beats), [{"trial_id": t, "heartbeat": dated} for t in orphans])
-    except IntegrityError:  # its worker recorded the first heartbeat meanwhile: not an orphan
-        return 0
-    return len(orphans)
 
 
 def _first(exc: BaseException) -> str:
