@@ -136,6 +136,8 @@ def clear_cache() -> None:
 
 def resolve_data_path(data_dir: Path, relative: str, field: str = PATH_FIELD) -> Path:
     """``data_dir / relative``, refusing absolute paths and escapes (``..``, symlinks)."""
+    if "\x00" in relative:  # the OS refuses it; say so as a bad value, not a crash
+        raise ConfigError(field, "must not contain a NUL character")
     rel = Path(relative)
     if not relative or rel.is_absolute() or rel.anchor:
         raise ConfigError(

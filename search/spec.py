@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -162,10 +163,21 @@ class SearchSpace(_Strict):
 # --- the rest of the spec -------------------------------------------------------------------------
 
 
+# Names are shown in logs, tables and the dashboard, and PostgreSQL cannot store NUL in text:
+# no control characters. Everything else (unicode, quotes, SQL-looking text) is kept verbatim.
+def _no_control_characters(value: str) -> str:
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise ValueError("must not contain control characters (NUL, tab, newline, ...)")
+    return value
+
+
+Name = Annotated[str, AfterValidator(_no_control_characters)]
+
+
 class Component(_Strict):
     """A registered model or dataset, by name, with its parameters."""
 
-    name: str = Field(min_length=1, max_length=100)
+    name: Name = Field(min_length=1, max_length=100)
     params: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -267,7 +279,7 @@ class Budget(_Strict):
 class StudySpec(_Strict):
     """A whole study: what to train, what to search, how to search it and how much."""
 
-    name: str = Field(min_length=1, max_length=200)
+    name: Name = Field(min_length=1, max_length=200)
     dataset: Component
     model: Component
     search_space: SearchSpace = Field(default_factory=SearchSpace)

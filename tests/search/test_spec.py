@@ -262,3 +262,16 @@ def test_every_pruner_builds(pruner: str, cls: str) -> None:
 def test_two_objectives_give_two_directions() -> None:
     spec = parse_spec(BASE | {"objective": TWO_OBJECTIVES, "sampler": {"name": "nsga2"}})
     assert spec.directions == ["maximize", "minimize"]
+
+
+@pytest.mark.parametrize("name", ["nul\x00byte", "new\nline", "tab\there"])
+def test_names_with_control_characters_are_refused(name: str) -> None:
+    with pytest.raises(SpecError) as info:
+        parse_spec(BASE | {"name": name})
+    assert info.value.field == "name"
+    assert info.value.reason == "must not contain control characters (NUL, tab, newline, ...)"
+
+
+def test_unicode_and_sql_looking_names_are_kept_verbatim() -> None:
+    name = "ok 名前 🚀 '; DROP TABLE studies; --"
+    assert parse_spec(BASE | {"name": name}).name == name
