@@ -51,7 +51,11 @@ class Reaper(threading.Thread):
         s = self.settings
         while not self.stop_event.wait(s.reaper_interval_s):
             try:
-                reap(get_engine(s.database_url), self.storage.get(), s.grace_period_s)
+                reap(
+                    get_engine(s.database_url, s.db_pool_size),
+                    self.storage.get(),
+                    s.grace_period_s,
+                )
             except Exception as exc:  # a database blip must not end housekeeping
                 log.warning("reaper: %s", (str(exc).splitlines() or [type(exc).__name__])[0])
 
@@ -59,7 +63,7 @@ class Reaper(threading.Thread):
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app for ``settings`` (default: the process settings)."""
     settings = settings or get_settings()
-    engine = get_engine(settings.database_url)
+    engine = get_engine(settings.database_url, settings.db_pool_size)
     storage = LazyStorage(settings)
 
     @asynccontextmanager

@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     heartbeat_interval_s: int = Field(default=5, ge=1)
     grace_period_s: int = Field(default=30, ge=2)
     reaper_interval_s: float = Field(default=10.0, gt=0)
+    # Per pool (the API holds two: bnsweep's tables and Optuna's), plus as many overflow ones.
+    db_pool_size: int = Field(default=5, ge=1, le=100)
     # Client side (CLI commands that talk to the API): default http://{host}:{port}.
     api_url: str | None = None
     api_key: str | None = None

@@ -25,4 +25,5 @@ class LazyStorage:
             s.database_url,
             heartbeat_interval_s=s.heartbeat_interval_s,
             grace_period_s=s.grace_period_s,
+            pool_size=s.db_pool_size,
         )

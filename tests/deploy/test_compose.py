@@ -175,13 +175,14 @@ def test_postgres_service(compose: dict[str, Any], services: dict[str, dict[str,
     data = [v for v in volumes if v[1] == "/var/lib/postgresql/data"]
     assert data and data[0][0] in (compose.get("volumes") or {}), "pgdata is no named volume"
 
-    # max_connections raised: each worker process holds up to 2 pools of POOL_SIZE+MAX_OVERFLOW.
+    # max_connections raised: a process holds 2 pools of at most 2 x pool_size connections.
     match = re.search(r"max_connections=(\d+)", " ".join(argv(pg["command"])))
-    assert match, "postgres: raise max_connections (the default 100 fits ~45 worker processes)"
-    per_process_steady = 2 * storage.POOL_SIZE
-    assert int(match.group(1)) >= 64 * per_process_steady + 2 * (
-        storage.POOL_SIZE + storage.MAX_OVERFLOW
-    ), "max_connections too small for 64 worker processes and the API"
+    assert match, "postgres: raise max_connections (the default 100 fits ~25 worker processes)"
+    worker_max = 2 * 2 * storage.WORKER_POOL_SIZE
+    api_max = 2 * 2 * Settings().db_pool_size
+    assert int(match.group(1)) >= 64 * worker_max + api_max, (
+        "max_connections too small for 64 worker processes and the API"
+    )
 
 
 def test_database_url_points_at_the_postgres_service(services: dict[str, dict[str, Any]]) -> None:

@@ -19,8 +19,7 @@ from optuna.trial import TrialState
 from search.db import StudyStatus, WorkerRow
 from search.storage import (
     DEFAULT_GRACE_PERIOD_S,
-    MAX_OVERFLOW,
-    POOL_SIZE,
+    WORKER_POOL_SIZE,
     get_engine,
     get_storage,
 )
@@ -286,8 +285,8 @@ def test_thirty_two_workers_share_one_database_without_connection_errors(
         workers_that_ran_trials=len(set(per_worker)),
         workers_start_s=round(ready_s, 1),
         study_run_s=round(run_s, 1),
-        pool_size=POOL_SIZE,
-        max_overflow=MAX_OVERFLOW,
+        pool_size=WORKER_POOL_SIZE,
+        max_overflow=WORKER_POOL_SIZE,
         peak_connections_test_db=sampler.peak_db,
         peak_connections_server=sampler.peak_server,
         log_problem_lines=len(problems),
@@ -299,7 +298,7 @@ def test_thirty_two_workers_share_one_database_without_connection_errors(
     assert problems == [], log[first : first + 3000]
     assert ran == n_workers  # every worker stopped cleanly (SIGTERM while idle)
     assert_accounted_for(pg, spec.name, n_trials, figures)
-    assert sampler.peak_db <= n_workers * 2 * (POOL_SIZE + MAX_OVERFLOW)
+    assert sampler.peak_db <= n_workers * 2 * 2 * WORKER_POOL_SIZE
 
 
 # --- 10. training faults ------------------------------------------------------------------------
