@@ -2,13 +2,16 @@
 
 Its JavaScript requests ``/dashboard``, ``/api/...`` and ``/static/...`` at the root, so it cannot
 live under a sub-path: it is mounted at ``/`` after our routes, which match first. Its own API can
-create and delete studies and tell trials without any authentication; every request other than
-GET/HEAD that reaches it needs a valid key (when auth is on), like our own writes.
+create, rename and delete studies and tell trials without any authentication. Here every request
+other than GET/HEAD that reaches it needs a valid key (when auth is on), like our own writes, and
+only notes may be written: a study renamed, deleted or told through the dashboard would no longer
+match our row, and workers load studies by name.
 """
 
 from __future__ import annotations
 
 import json
+import re
 
 import optuna_dashboard
 from a2wsgi import WSGIMiddleware
@@ -22,6 +25,12 @@ from service.errors import DATABASE_ERRORS
 from service.state import LazyStorage
 
 READ_METHODS = frozenset({"GET", "HEAD"})
+# The dashboard's only writes allowed here: notes on a study or a trial.
+NOTE_PATH = re.compile(r"^/api/studies/\d+(/\d+)?/note$")
+READ_ONLY = (
+    "the dashboard is read-only here except notes; use the bnsweep API under /api/v1 "
+    "(e.g. DELETE /api/v1/studies/{id}, POST /api/v1/studies/{id}/cancel)"
+)
 
 
 class WriteGuard:
@@ -33,15 +42,19 @@ class WriteGuard:
         self.auth = auth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] not in READ_METHODS and self.auth:
-            token = bearer_token(Headers(scope=scope).get("authorization"))
-            try:
-                await run_in_threadpool(authenticate, self.engine, token)
-            except AuthError as exc:
-                await _json(send, exc.status_code, exc.detail)
-                return
-            except DATABASE_ERRORS:
-                await _json(send, 503, "database unavailable")
+        if scope["type"] == "http" and scope["method"] not in READ_METHODS:
+            if self.auth:
+                token = bearer_token(Headers(scope=scope).get("authorization"))
+                try:
+                    await run_in_threadpool(authenticate, self.engine, token)
+                except AuthError as exc:
+                    await _json(send, exc.status_code, exc.detail)
+                    return
+                except DATABASE_ERRORS:
+                    await _json(send, 503, "database unavailable")
+                    return
+            if not (scope["method"] == "PUT" and NOTE_PATH.match(scope["path"])):
+                await _json(send, 405, READ_ONLY)
                 return
         await self.app(scope, receive, send)
 

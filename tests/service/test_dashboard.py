@@ -53,9 +53,27 @@ def test_dashboard_writes_need_a_key(server, study, method, path):
         assert http.get(study["links"]["self"]).status_code == 200
 
 
-def test_dashboard_writes_pass_with_a_key(server):
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/api/studies"),
+        ("DELETE", "/api/studies/{id}"),
+        ("POST", "/api/studies/{id}/rename"),
+        ("POST", "/api/trials/1/tell"),
+    ],
+)
+def test_dashboard_cannot_create_rename_delete_or_tell_even_with_a_key(server, study, method, path):
+    url = path.format(id=study["optuna_study_id"])
     with server.client() as http:
-        created = http.post(
-            "/api/studies", json={"study_name": "made-in-dashboard", "directions": ["minimize"]}
+        refused = http.request(method, url, json={"study_name": "x", "directions": ["minimize"]})
+        assert refused.status_code == 405
+        assert "read-only here except notes" in refused.json()["detail"]
+        assert http.get(study["links"]["self"]).json()["name"] == study["name"]
+
+
+def test_dashboard_notes_pass_with_a_key(server, study):
+    with server.client() as http:
+        saved = http.put(
+            f"/api/studies/{study['optuna_study_id']}/note", json={"version": 1, "body": "BN!"}
         )
-    assert created.status_code == 201, created.text
+    assert saved.status_code in (200, 204), saved.text
