@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+from search.worker import Worker, WorkerOptions
 
 
 def test_health_reports_the_database(server):
@@ -23,10 +26,22 @@ def test_registry_lists_what_a_spec_can_name(server):
     assert "tpe" in registry["samplers"] and "median" in registry["pruners"]
 
 
-def test_workers_show_live_ones_and_all_on_request(server, spec, worker, wait_for):
+def test_workers_show_live_ones_and_all_on_request(server, spec, wait_for):
+    # Idle-exit rather than exit-when-done: the worker stays up a few seconds after its one
+    # trial, so a loaded machine cannot make it come and go between two polls.
+    options = WorkerOptions(
+        server.db_url,
+        device="cpu",
+        study_name="for-workers",
+        idle_exit_s=3,
+        poll_s=0.2,
+        heartbeat_interval_s=1,
+        grace_period_s=5,
+    )
     with server.client() as http:
         study = http.post("/api/v1/studies", json=spec("for-workers", n_trials=1)).json()
-        thread = worker(server.db_url, "for-workers")
+        thread = threading.Thread(target=Worker(options).run, daemon=True)
+        thread.start()
         deadline = time.monotonic() + 30
         while not (live := http.get("/api/v1/workers").json()["items"]):
             assert time.monotonic() < deadline, "worker never showed up"
