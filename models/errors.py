@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name if the message is empty)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 class ConfigError(ValueError):
     """A configuration value that cannot be used.
 

@@ -31,6 +31,7 @@ from models.config import (
 )
 from models.data import Dataset, load_dataset
 from models.device import resolve_device
+from models.errors import first_line
 from models.layers import NormSpec, bn_layers, init_weights, recompute_bn_stats
 from models.validate import check_config
 
@@ -92,7 +93,7 @@ def train(
     except Exception as exc:  # only out-of-memory becomes a result; anything else is a bug
         if not _is_oom(exc):
             raise
-        oom_reason = f"out of memory at batch size {config.batch_size}: {_first_line(exc)}"
+        oom_reason = f"out of memory at batch size {config.batch_size}: {first_line(exc)}"
     if oom_reason:
         # Outside the except block: the traceback (and with it the model, optimizer and
         # activations held by its frames) is gone, so the memory can actually be released.
@@ -117,10 +118,6 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError) or (
         isinstance(exc, RuntimeError) and "out of memory" in str(exc)
     )
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 # --- the run ------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from optuna.distributions import (
     IntDistribution,
 )
 
+from models.errors import first_line
 from search.errors import SpecError
 from search.spec import DIMENSIONS, Choices, DimKind, Range, StudySpec
 
@@ -148,4 +149,4 @@ def check_sampler_and_pruner(spec: StudySpec) -> None:
         except SpecError:
             raise
         except (TypeError, ValueError) as exc:
-            raise SpecError(field_path, str(exc).splitlines()[0]) from None
+            raise SpecError(field_path, first_line(exc)) from None

@@ -28,6 +28,7 @@ from optuna.trial import TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
 from models.device import resolve_device
+from models.errors import first_line
 from search.db import StudyStatus, WorkerRow
 from search.objective import TrialOutcome, run_trial
 from search.optuna_map import distributions, make_pruner, make_sampler
@@ -112,7 +113,7 @@ class Heartbeat(threading.Thread):
             if slot_id is not None:
                 heartbeat_slot(w.engine, slot_id)
         except TRANSIENT_ERRORS as exc:
-            log.warning("heartbeat failed (will retry): %s", str(exc).splitlines()[0])
+            log.warning("heartbeat failed (will retry): %s", first_line(exc))
 
 
 # --- the worker ---------------------------------------------------------------------------------
@@ -171,7 +172,7 @@ class Worker:
             try:
                 claim = self._claim()
             except TRANSIENT_ERRORS as exc:
-                log.warning("database unavailable (retry in %.0fs): %s", backoff, _first(exc))
+                log.warning("database unavailable (retry in %.0fs): %s", backoff, first_line(exc))
                 self._sleep(backoff)
                 backoff = min(backoff * 2, self.options.max_backoff_s)
                 continue
@@ -245,7 +246,7 @@ class Worker:
                     give_up_at = give_up_at or time.monotonic() + self.options.grace_period_s
                     if time.monotonic() >= give_up_at:
                         raise WorkerStopped(f"{self.stop_requested} during an outage") from exc
-                log.warning("%s failed (retry in %.1fs): %s", what, delay, _first(exc))
+                log.warning("%s failed (retry in %.1fs): %s", what, delay, first_line(exc))
                 self._sleep(delay, even_when_stopping=True)
                 delay = min(delay * 2, self.options.max_backoff_s)
 
@@ -335,8 +336,8 @@ class Worker:
         except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
             # The database went away mid-trial (a report, a prune check): the run cannot go on
             # without its intermediate values, but the configuration is not at fault: retry it.
-            log.warning("trial %s lost the database: %s", trial.number, _first(exc))
-            reason = f"database unavailable during training: {_first(exc)}"[:2000]
+            log.warning("trial %s lost the database: %s", trial.number, first_line(exc))
+            reason = f"database unavailable during training: {first_line(exc)}"[:2000]
             attrs = {"status": "interrupted", "reason": reason, "worker_id": self.worker_id}
             return TrialOutcome(TrialState.FAIL, None, attrs), True
         except optuna.exceptions.UpdateFinishedTrialError as exc:
@@ -370,10 +371,6 @@ class Worker:
         # skip_if_finished: it may have been failed as stale between the attrs and the tell.
         study.tell(trial, outcome.values, state=outcome.state, skip_if_finished=True)
         return True
-
-
-def _first(exc: BaseException) -> str:
-    return (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
 # --- several slots per machine ------------------------------------------------------------------

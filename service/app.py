@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from models.errors import first_line
 from search.storage import get_engine
 from search.studies import reap
 from service import errors
@@ -57,7 +58,7 @@ class Reaper(threading.Thread):
                     s.grace_period_s,
                 )
             except Exception as exc:  # a database blip must not end housekeeping
-                log.warning("reaper: %s", (str(exc).splitlines() or [type(exc).__name__])[0])
+                log.warning("reaper: %s", first_line(exc))
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -13,7 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, SQLAlchemyError
 
-from models.errors import ConfigError
+from models.errors import ConfigError, first_line
 from search.errors import StudyNotFoundError, StudyStateError
 from service.auth import AuthError
 
@@ -55,7 +55,7 @@ async def _database(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, DataError) or isinstance(exc.__cause__, DataError):
         # A value the database cannot store (e.g. a NUL character in a text field) is the
         # client's error, not an outage: a 503 would have clients retry it forever.
-        reason = (str(exc.__cause__ or exc).splitlines() or ["invalid value"])[0]
+        reason = first_line(exc.__cause__ or exc)
         detail = [{"loc": ["request"], "msg": f"value refused: {reason}", "type": "value_error"}]
         return JSONResponse({"detail": detail}, status_code=422)
     # An outage is expected operation (restarts, failovers): one log line, a 503 the client retries.
@@ -63,7 +63,7 @@ async def _database(request: Request, exc: Exception) -> JSONResponse:
         "database unavailable (%s %s): %s",
         request.method,
         request.url.path,
-        (str(exc).splitlines() or [type(exc).__name__])[0],
+        first_line(exc),
     )
     return JSONResponse({"detail": "database unavailable"}, status_code=503)
 

@@ -14,6 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import Engine
 from starlette.concurrency import run_in_threadpool
 
+from models.errors import first_line
 from search.db import StudyRow, StudyStatus
 from search.errors import SpecError
 from search.insights import study_insights
@@ -214,7 +215,7 @@ def importance(study_id: StudyId, engine: EngineDep, storage: StorageDep) -> Imp
             warnings.filterwarnings("ignore", message=".*computes the importances of params")
             values = optuna.importance.get_param_importances(study, target=objective)
     except (ValueError, RuntimeError) as exc:  # e.g. every trial has the same params
-        return ImportancePublic(importances={}, target=target, reason=str(exc).splitlines()[0])
+        return ImportancePublic(importances={}, target=target, reason=first_line(exc))
     return ImportancePublic(importances=dict(values), target=target)
 
 

@@ -32,16 +32,16 @@ def test_our_routes_win_over_the_dashboard(server):
         assert http.get("/api/v1/registry").json()["samplers"]
 
 
-@pytest.mark.parametrize(
-    ("method", "path"),
-    [
-        ("POST", "/api/studies"),
-        ("DELETE", "/api/studies/{id}"),
-        ("POST", "/api/studies/{id}/rename"),
-        ("POST", "/api/trials/1/tell"),
-        ("PUT", "/api/studies/{id}/note"),
-    ],
-)
+# The dashboard's own writes that would detach Optuna's study from ours.
+DETACHING_WRITES = [
+    ("POST", "/api/studies"),
+    ("DELETE", "/api/studies/{id}"),
+    ("POST", "/api/studies/{id}/rename"),
+    ("POST", "/api/trials/1/tell"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), [*DETACHING_WRITES, ("PUT", "/api/studies/{id}/note")])
 def test_dashboard_writes_need_a_key(server, study, method, path):
     url = path.format(id=study["optuna_study_id"])
     with server.client(key=None) as http:
@@ -53,15 +53,7 @@ def test_dashboard_writes_need_a_key(server, study, method, path):
         assert http.get(study["links"]["self"]).status_code == 200
 
 
-@pytest.mark.parametrize(
-    ("method", "path"),
-    [
-        ("POST", "/api/studies"),
-        ("DELETE", "/api/studies/{id}"),
-        ("POST", "/api/studies/{id}/rename"),
-        ("POST", "/api/trials/1/tell"),
-    ],
-)
+@pytest.mark.parametrize(("method", "path"), DETACHING_WRITES)
 def test_dashboard_cannot_create_rename_delete_or_tell_even_with_a_key(server, study, method, path):
     url = path.format(id=study["optuna_study_id"])
     with server.client() as http:
