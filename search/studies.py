@@ -18,9 +18,11 @@ import optuna
 import sqlalchemy as sa
 from optuna.storages._rdb import models as optuna_models
 from optuna.trial import TrialState
+from pydantic import ValidationError
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
+from models.errors import first_line
 from search.db import SlotRow, SlotState, StudyRow, StudyStatus
 from search.errors import StudyNotFoundError, StudyStateError
 from search.optuna_map import make_pruner, make_sampler
@@ -262,7 +264,12 @@ def claim_slot(
             row = _lock_study(conn, study_id)
             if row is None or not StudyStatus(row.status).is_active:
                 continue
-            spec = StudySpec.model_validate(row.spec)
+            try:
+                spec = StudySpec.model_validate(row.spec)
+            except ValidationError as exc:  # stored by an older bnsweep with another schema
+                reason = f"stored spec is no longer valid: {first_line(exc)}"
+                _set_status(conn, study_id, StudyStatus.FAILED, reason)
+                continue
             _release_stale_slots(conn, study_id, grace_period_s)
             active = _active_slots(conn, study_id)
             if not _settle(conn, row, spec, active).is_active:
@@ -390,6 +397,14 @@ def adopt_orphaned_trials(
 
 
 # --- cancel / delete / reap ---------------------------------------------------------------------
+
+
+def fail_study(engine: Engine, study_id: int, reason: str) -> None:
+    """End an active study as failed, e.g. when no trial of it can even be started."""
+    with locked_transaction(engine) as conn:
+        row = _lock_study(conn, study_id)
+        if row is not None and StudyStatus(row.status).is_active:
+            _set_status(conn, study_id, StudyStatus.FAILED, reason)
 
 
 def cancel_study(engine: Engine, study: int | str) -> StudyRow:

@@ -45,6 +45,7 @@ from search.studies import (
     active_study_ids,
     adopt_orphaned_trials,
     claim_slot,
+    fail_study,
     finish_slot,
     heartbeat_slot,
     set_slot_trial,
@@ -262,8 +263,15 @@ class Worker:
         self.current_slot_id = claim.slot_id
         trial_state: str | None = None
         try:
-            study = self._retry(lambda: self._load_study(claim), f"load study {claim.study_name!r}")
-            trial = self._retry(lambda: self._ask(study, spec), "ask")
+            try:
+                study = self._retry(lambda: self._load_study(claim), f"load {claim.study_name!r}")
+                trial = self._retry(lambda: self._ask(study, spec), "ask")
+            except Exception as exc:  # e.g. a sampler option that only fails when sampling
+                # Every worker would fail the same way: end the study, keep the worker.
+                log.exception("study %r cannot start a trial", claim.study_name)
+                reason = f"cannot start a trial: {type(exc).__name__}: {first_line(exc)}"
+                self._retry(lambda: fail_study(self.engine, claim.study_id, reason), "fail study")
+                return
             # Retried on its own: retrying the ask would leave the first trial orphaned.
             self._retry(lambda: self.storage.record_heartbeat(trial._trial_id), "heartbeat")
             self.current_trial_id = trial._trial_id
@@ -358,18 +366,24 @@ class Worker:
             self.in_training = False
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome) -> bool:
-        """Record the outcome; False if the trial had already finished (failed as stale)."""
+        """Record the outcome; False if it could not be (the trial is then left to go stale and
+        be retried, within the spec's retries)."""
         storage = study._storage
         try:
             for key, value in outcome.user_attrs.items():
                 storage.set_trial_user_attr(trial._trial_id, key, value)
+            # skip_if_finished: it may have been failed as stale between the attrs and the tell.
+            study.tell(trial, outcome.values, state=outcome.state, skip_if_finished=True)
         except optuna.exceptions.UpdateFinishedTrialError:
             # Failed as stale by another worker during a long outage or a stall of ours: its
             # state and retry are settled; raising here would end this worker process.
             log.warning("trial %s was failed as stale meanwhile; not told", trial.number)
             return False
-        # skip_if_finished: it may have been failed as stale between the attrs and the tell.
-        study.tell(trial, outcome.values, state=outcome.state, skip_if_finished=True)
+        except TRANSIENT_ERRORS:
+            raise  # _retry waits for the database
+        except Exception:  # e.g. a sampler's after_trial hook: must not end the worker
+            log.exception("telling trial %s failed", trial.number)
+            return False
         return True
 
 

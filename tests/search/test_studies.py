@@ -6,8 +6,9 @@ import time
 
 import optuna
 import pytest
+import sqlalchemy as sa
 
-from search.db import StudyStatus
+from search.db import StudyRow, StudyStatus
 from search.errors import StudyStateError
 from search.storage import get_engine, get_storage
 from search.studies import cancel_study, claim_slot, delete_study, get_study_row, reap
@@ -48,3 +49,17 @@ def test_deleting_a_queued_study_keeps_workers_away_from_it(sqlite_url, migrate)
     assert get_study_row(engine, study_id).status == StudyStatus.QUEUED
     delete_study(engine, storage, study_id, grace_period_s=30)
     assert claim_slot(engine, "w", [study_id], grace_period_s=30) is None
+
+
+def test_a_stored_spec_that_no_longer_validates_fails_its_study_not_the_claim(sqlite_url, migrate):
+    migrate(sqlite_url)
+    engine = get_engine(sqlite_url)
+    study_id = make_study(sqlite_url, tiny_spec("old-schema"))
+    with engine.begin() as conn:
+        conn.execute(
+            sa.update(StudyRow).where(StudyRow.id == study_id).values(spec={"name": "old"})
+        )
+    assert claim_slot(engine, "w", [study_id], grace_period_s=30) is None
+    row = get_study_row(engine, study_id)
+    assert row.status == StudyStatus.FAILED
+    assert row.status_reason.startswith("stored spec is no longer valid: ")

@@ -320,3 +320,22 @@ def test_diverged_trial_is_never_on_the_pareto_front(sqlite_url, migrate):
     assert summary["params"]["learning_rate"] == 0.1
     front = [t["number"] for t in summary["pareto_front"] or []] + [summary["trial_number"]]
     assert diverged[0].number not in front
+
+
+def test_a_study_whose_sampler_fails_to_sample_fails_without_killing_the_worker(
+    sqlite_url, migrate
+):
+    migrate(sqlite_url)
+    spec = tiny_spec(
+        "bad-sampler",
+        sampler={
+            "name": "tpe",
+            "seed": 0,
+            "options": {"n_ei_candidates": "abc", "n_startup_trials": 0},
+        },
+    )
+    make_study(sqlite_url, spec)
+    assert run_in_process(sqlite_url, spec.name) == 0  # returned: the worker survived
+    row = get_study_row(get_engine(sqlite_url), spec.name)
+    assert row.status == StudyStatus.FAILED
+    assert row.status_reason.startswith("cannot start a trial: ")
