@@ -42,14 +42,12 @@ def fail(message: str) -> typer.Exit:
 
 
 def _register_commands() -> None:
+    """Import the command modules; each registers its commands on ``app`` (here, not at the top:
+    they import this module)."""
     import importlib
 
     for module in ("train", "search_cmds", "api_cmds"):
-        try:
-            importlib.import_module(f"service.cli.{module}")
-        except ModuleNotFoundError as exc:  # a command module not written yet
-            if exc.name != f"service.cli.{module}":
-                raise
+        importlib.import_module(f"service.cli.{module}")
 
 
 def main(argv: list[str] | None = None) -> None:
