@@ -3,7 +3,6 @@ processes restricted to it, report progress, and return when it has ended."""
 
 from __future__ import annotations
 
-import multiprocessing
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from search.studies import (
     create_study,
     get_study_row,
 )
-from search.worker import WorkerOptions, _run_one
+from search.worker import WorkerOptions, spawn_workers
 
 
 @dataclass(frozen=True)
@@ -71,10 +70,7 @@ def run_study(
     options = WorkerOptions(
         storage_url=url, device=device, study_name=spec.name, exit_when_done=True, poll_s=poll_s
     )
-    ctx = multiprocessing.get_context("spawn")
-    workers = [ctx.Process(target=_run_one, args=(options,)) for _ in range(n_workers)]
-    for w in workers:
-        w.start()
+    workers = spawn_workers(options, [device] * n_workers)
     try:
         while any(w.is_alive() for w in workers):
             if on_progress:

@@ -20,10 +20,12 @@ import uuid
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from multiprocessing.process import BaseProcess
 from typing import Any, TypeVar
 
 import optuna
 import sqlalchemy as sa
+import torch
 from optuna.trial import TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -71,6 +73,7 @@ class WorkerOptions:
     heartbeat_interval_s: int = DEFAULT_HEARTBEAT_INTERVAL_S
     grace_period_s: int = DEFAULT_GRACE_PERIOD_S
     max_backoff_s: float = 30.0
+    cpu_threads: int | None = None  # torch threads on a CPU device (None: torch's default)
 
 
 class WorkerStopped(BaseException):
@@ -146,6 +149,8 @@ class Worker:
 
         Returns the number of trials this worker ran.
         """
+        if self.device == "cpu" and self.options.cpu_threads:
+            torch.set_num_threads(self.options.cpu_threads)
         previous = self._install_signal_handlers()
         self._retry(self._register, "register worker")
         heartbeat = Heartbeat(self)
@@ -390,9 +395,30 @@ class Worker:
 # --- several slots per machine ------------------------------------------------------------------
 
 
-def _run_one(options: WorkerOptions) -> None:
+def run_worker_process(options: WorkerOptions) -> None:
+    """Entry point of a spawned worker process."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     Worker(options).run()
+
+
+def spawn_workers(options: WorkerOptions, devices: list[str]) -> list[BaseProcess]:
+    """Start one worker process per entry of ``devices`` (spawned: no torch or pool state
+    inherited). Slots on the CPU share its cores: each gets an equal share of torch threads, or
+    N processes with all-core thread pools would oversubscribe the machine N times."""
+    cpu_slots = sum(not d.startswith("cuda") for d in devices)
+    threads = options.cpu_threads or max(1, (os.cpu_count() or 1) // max(1, cpu_slots))
+    ctx = multiprocessing.get_context("spawn")
+    children = [
+        ctx.Process(
+            target=run_worker_process,
+            args=(replace(options, device=d, cpu_threads=threads),),
+            name=f"bnsweep-worker-{i}",
+        )
+        for i, d in enumerate(devices)
+    ]
+    for child in children:
+        child.start()
+    return children
 
 
 def slot_devices(
@@ -406,8 +432,6 @@ def slot_devices(
     if gpus is None:
         return [device] * trials_per_device
     if gpu_count is None:
-        import torch
-
         gpu_count = torch.cuda.device_count()
     if gpus == "all":
         indices = list(range(gpu_count))
@@ -432,10 +456,7 @@ def run_workers(options: WorkerOptions, devices: list[str]) -> None:
     if len(devices) == 1:
         Worker(replace(options, device=devices[0])).run()
         return
-    ctx = multiprocessing.get_context("spawn")
-    children = [ctx.Process(target=_run_one, args=(replace(options, device=d),)) for d in devices]
-    for child in children:
-        child.start()
+    children = spawn_workers(options, devices)
 
     def forward(signum: int, _: Any) -> None:
         for child in children:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import multiprocessing
 import os
 import signal
 import sys
@@ -44,8 +43,8 @@ def _raise_interrupt(*_: object) -> NoReturn:
 
 
 def start_workers(settings: Settings, count: int, device: str) -> list[BaseProcess]:
-    """Start ``count`` worker processes (spawned: no torch or pool state inherited)."""
-    from search.worker import WorkerOptions, _run_one
+    """Start ``count`` local worker processes."""
+    from search.worker import WorkerOptions, spawn_workers
 
     options = WorkerOptions(
         storage_url=settings.database_url,
@@ -53,13 +52,7 @@ def start_workers(settings: Settings, count: int, device: str) -> list[BaseProce
         heartbeat_interval_s=settings.heartbeat_interval_s,
         grace_period_s=settings.grace_period_s,
     )
-    ctx = multiprocessing.get_context("spawn")
-    children = [
-        ctx.Process(target=_run_one, args=(options,), name=f"worker-{i}") for i in range(count)
-    ]
-    for child in children:
-        child.start()
-    return children
+    return spawn_workers(options, [device] * count)
 
 
 def stop_workers(children: list[BaseProcess]) -> None:

@@ -14,6 +14,7 @@ import time
 
 import optuna
 import pytest
+import torch
 from optuna.trial import TrialState
 
 from search.db import StudyStatus
@@ -339,3 +340,24 @@ def test_a_study_whose_sampler_fails_to_sample_fails_without_killing_the_worker(
     row = get_study_row(get_engine(sqlite_url), spec.name)
     assert row.status == StudyStatus.FAILED
     assert row.status_reason.startswith("cannot start a trial: ")
+
+
+def test_cpu_worker_uses_its_share_of_torch_threads(sqlite_url, migrate):
+    migrate(sqlite_url)
+    spec = tiny_spec("threads", budget={"n_trials": 1})
+    make_study(sqlite_url, spec)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        options = WorkerOptions(
+            sqlite_url,
+            device="cpu",
+            study_name=spec.name,
+            exit_when_done=True,
+            poll_s=0.1,
+            cpu_threads=1,
+        )
+        Worker(options).run()
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
