@@ -22,7 +22,9 @@ import optuna
 import sqlalchemy as sa
 from optuna.trial import TrialState
 
-from search.storage import get_storage
+from search.db import StudyStatus
+from search.storage import get_engine, get_storage
+from search.studies import get_study_row
 from tests.support import worker_env
 
 PG_VERSION = (
@@ -216,3 +218,14 @@ def audit(url: str, name: str, expected: int) -> Audit:
 def log_problems(text: str, needles: tuple[str, ...]) -> list[str]:
     """Lines of a log that contain any of ``needles``."""
     return [line for line in text.splitlines() if any(n in line for n in needles)]
+
+
+def assert_accounted_for(url: str, name: str, n_trials: int, figures: dict[str, Any]) -> None:
+    """Exactly ``n_trials`` finished, no number twice, nothing RUNNING, every dead trial retried."""
+    result = audit(url, name, n_trials)
+    figures.update(result.figures())
+    assert result.finished == n_trials
+    assert result.duplicated_numbers == 0
+    assert result.running == 0
+    assert result.unretried_failures == 0
+    assert get_study_row(get_engine(url), name).status == StudyStatus.COMPLETED

@@ -13,7 +13,13 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.reliability.helpers import audit, ensure_postgres_running, pg_ctl, wait_for_postgres
+from tests.reliability.helpers import (
+    assert_accounted_for,
+    audit,
+    ensure_postgres_running,
+    pg_ctl,
+    wait_for_postgres,
+)
 from tests.support import study_counts, wait_for
 
 pytestmark = pytest.mark.postgres
@@ -31,15 +37,6 @@ def sleepy_spec(name: str, n_trials: int, epochs: int = 3) -> dict[str, Any]:
         "budget": {"n_trials": n_trials},
         "retries": 5,  # an outage longer than the grace period fails running trials as stale
     }
-
-
-def assert_nothing_lost(url: str, name: str, n_trials: int, figures: dict[str, Any]) -> None:
-    result = audit(url, name, n_trials)
-    figures.update(result.figures())
-    assert result.finished == n_trials
-    assert result.duplicated_numbers == 0
-    assert result.running == 0
-    assert result.unretried_failures == 0
 
 
 # --- 3. PostgreSQL restarted / stopped ----------------------------------------------------------
@@ -115,7 +112,7 @@ def test_postgres_outage_answers_503_and_the_study_completes(
     assert "Traceback" not in log
     final = http.get(f"/api/v1/studies/{study['id']}").json()
     assert final["status"] == "completed"
-    assert_nothing_lost(pg, name, 10, figures)
+    assert_accounted_for(pg, name, 10, figures)
     assert "Traceback" not in api.log_text()
     http.close()
 

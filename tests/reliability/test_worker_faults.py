@@ -9,7 +9,6 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from typing import Any
 
 import optuna
 import pytest
@@ -24,7 +23,12 @@ from search.storage import (
     get_storage,
 )
 from search.studies import claim_slot, get_study_row
-from tests.reliability.helpers import audit, connections_to, log_problems, trials_of
+from tests.reliability.helpers import (
+    assert_accounted_for,
+    connections_to,
+    log_problems,
+    trials_of,
+)
 from tests.support import (
     GRACE_S,
     HEARTBEAT_S,
@@ -85,17 +89,6 @@ def trial_by_number(url: str, name: str, number: int) -> optuna.trial.FrozenTria
 
 def retries_of(url: str, name: str, number: int) -> list[optuna.trial.FrozenTrial]:
     return [t for t in trials_of(url, name) if number in t.system_attrs.get("retry_history", [])]
-
-
-def assert_accounted_for(url: str, name: str, n_trials: int, figures: dict[str, Any]) -> None:
-    """Exactly ``n_trials`` finished, no number twice, nothing RUNNING, every dead trial retried."""
-    result = audit(url, name, n_trials)
-    figures.update(result.figures())
-    assert result.finished == n_trials
-    assert result.duplicated_numbers == 0
-    assert result.running == 0
-    assert result.unretried_failures == 0
-    assert get_study_row(get_engine(url), name).status == StudyStatus.COMPLETED
 
 
 # --- 1. kill -9 ---------------------------------------------------------------------------------
