@@ -119,7 +119,7 @@ def render(records: list[dict], runs: list[tuple[str, str, float, int]]) -> str:
     lines += [
         "",
         "One test: `.venv/bin/python -m pytest tests/reliability -k <test name>`; the `outage`",
-        "tests (PostgreSQL stopped; 32 workers holding ~70 of its 100 connections) run alone.",
+        "tests (PostgreSQL stopped; 32 workers holding ~80 of its 100 connections) run alone.",
         "",
     ]
     by_scenario: dict[str, list[dict]] = {}
