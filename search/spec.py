@@ -402,14 +402,6 @@ def _check_components(spec: StudySpec) -> int:
         raise SpecError(exc.field, exc.reason) from None
 
 
-def _values_of(dim: Dimension) -> list[Any]:
-    if isinstance(dim, Fixed):
-        return [dim.value]
-    if isinstance(dim, Choices):
-        return list(dim.choices)
-    return [dim.low, dim.high]
-
-
 def _check_dimensions(space: SearchSpace, model_name: str, train_size: int, nesterov: bool) -> None:
     from models.registry import MODELS
 
