@@ -35,7 +35,7 @@ from models.data import load_dataset
 from models.layers import NormSpec, Placement
 from models.registry import MODELS
 from search.runner import run_study
-from search.spec import parse_spec
+from search.validate import parse_spec
 
 DATASET = ("mnist1d", {"num_samples": 4000})
 BATCH_SIZES = [32, 64, 128, 256]

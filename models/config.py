@@ -1,4 +1,11 @@
-"""Plain, frozen configuration and result types of one training run.
+"""Every training setting, declared once, and the frozen config and result types of one run.
+
+Each field of ``TrainConfig`` carries its type, bounds (pydantic ``Field``), help text, unit and
+place in a study spec (``Setting``) as ``Annotated`` metadata. Everything else is derived from that
+one declaration: the trainer's validation (``TrainConfig.__post_init__``), a study spec's search
+dimensions and ``training`` section (search/spec.py), the ``bnsweep train`` flags, the spec →
+config mapping and which settings may differ between the members of a fused group. Adding a
+setting is one edit here plus its use in the trainer.
 
 Conventions (stated once, here):
 - ``learning_rate`` is the rate used at ``batch_size`` as given; with ``lr_scaling=True`` it is a
@@ -17,11 +24,18 @@ Conventions (stated once, here):
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
-from types import MappingProxyType
-from typing import Any
+from enum import Enum, StrEnum
+from types import MappingProxyType, NoneType, UnionType
+from typing import Annotated, Any, Union, get_args, get_origin, get_type_hints
+
+import annotated_types
+from pydantic import Field, Strict, TypeAdapter, ValidationError
+
+from models.errors import ConfigError, config_error
 
 
 class Placement(StrEnum):
@@ -59,54 +73,209 @@ class Init(StrEnum):
     NORMAL = "normal"  # N(0, init_std)
 
 
-def _frozen(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    return MappingProxyType(dict(mapping or {}))
+# --- the declaration ------------------------------------------------------------------------------
+
+
+class Home(StrEnum):
+    """Where a study spec sets a setting."""
+
+    SEARCH = "search_space"  # a search dimension (fixed, choices or range), searched by default
+    TRAINING = "training"  # the spec's ``training`` section (may also be searched)
+    RUN = "run"  # not a spec setting: model, dataset and device come from elsewhere
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What a training setting means and where it lives (``Annotated`` metadata of a field).
+
+    Args:
+        help: One line for users (CLI help, API schema).
+        home: Where a study spec sets it.
+        unit: Its unit or convention, if any.
+        spec_name: Its name in a study spec when that differs from the field's.
+        flags: Extra ``bnsweep train`` flag names (the field's own ``--kebab-name`` always works).
+        per_member: May differ between the members of a fused group (it does not shape the
+            model, the data order of the group or the schedule); otherwise members share it.
+        search: The default search dimension in spec form (``{"choices": [...]}`` or a range);
+            None: fixed at the field's default.
+    """
+
+    help: str
+    home: Home
+    unit: str = ""
+    spec_name: str = ""
+    flags: tuple[str, ...] = ()
+    per_member: bool = False
+    search: Mapping[str, Any] | None = None
+
+
+def _frozen(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(dict(mapping))
+
+
+Params = Mapping[str, Any]
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that decides one training run."""
+    """Everything that decides one training run. Validated on construction (ConfigError)."""
 
     # --- what is trained, on what
-    model: str = "cnn1d"
-    model_params: Mapping[str, Any] = field(default_factory=dict)
-    dataset: str = "mnist1d"
-    dataset_params: Mapping[str, Any] = field(default_factory=dict)
+    model: Annotated[
+        str, Field(min_length=1, max_length=100), Setting("registered model name", Home.RUN)
+    ] = "cnn1d"
+    model_params: Annotated[Params, Setting("parameters of the model", Home.RUN)] = field(
+        default_factory=dict
+    )
+    dataset: Annotated[
+        str, Field(min_length=1, max_length=100), Setting("registered dataset name", Home.RUN)
+    ] = "mnist1d"
+    dataset_params: Annotated[Params, Setting("parameters of the dataset", Home.RUN)] = field(
+        default_factory=dict
+    )
     # --- optimization
-    batch_size: int = 128
-    learning_rate: float = 0.05  # see lr_scaling
-    lr_scaling: bool = False  # lr = learning_rate * batch_size / 256
-    optimizer: Optimizer = Optimizer.SGD
-    momentum: float = 0.9  # optimizer momentum (SGD) / beta1 (AdamW)
-    nesterov: bool = False
-    weight_decay: float = 5e-4
-    epochs: int = 10
-    schedule: Schedule = Schedule.COSINE
-    warmup_epochs: float = 1.0
+    batch_size: Annotated[
+        int,
+        Strict(),
+        Field(ge=1),
+        Setting(
+            "samples per optimizer step",
+            Home.SEARCH,
+            unit="samples",
+            search={"choices": [32, 64, 128, 256]},
+        ),
+    ] = 128
+    learning_rate: Annotated[
+        float,
+        Strict(),
+        Field(gt=0, le=1000),
+        Setting(
+            "learning rate (a base rate at batch size 256 with lr_scaling)",
+            Home.SEARCH,
+            flags=("--lr",),
+            per_member=True,
+            search={"low": 1e-3, "high": 1.0, "log": True},
+        ),
+    ] = 0.05
+    lr_scaling: Annotated[
+        bool,
+        Strict(),
+        Setting(
+            "linear scaling rule: lr = learning_rate * batch_size / 256",
+            Home.SEARCH,
+            per_member=True,
+        ),
+    ] = False
+    optimizer: Annotated[Optimizer, Setting("optimizer", Home.SEARCH)] = Optimizer.SGD
+    momentum: Annotated[
+        float,
+        Strict(),
+        Field(ge=0, lt=1),
+        Setting(
+            "optimizer momentum (SGD) / beta1 (AdamW)",
+            Home.SEARCH,
+            per_member=True,
+            search={"low": 0.5, "high": 0.99},
+        ),
+    ] = 0.9
+    nesterov: Annotated[
+        bool, Strict(), Setting("Nesterov momentum (SGD; needs momentum > 0)", Home.TRAINING)
+    ] = False
+    weight_decay: Annotated[
+        float,
+        Strict(),
+        Field(ge=0, le=1),
+        Setting("weight decay (decoupled for AdamW)", Home.SEARCH, per_member=True),
+    ] = 5e-4
+    epochs: Annotated[
+        int, Strict(), Field(ge=1), Setting("passes over the training set", Home.TRAINING)
+    ] = 10
+    schedule: Annotated[
+        Schedule, Setting("learning-rate schedule, stepped every batch", Home.TRAINING)
+    ] = Schedule.COSINE
+    warmup_epochs: Annotated[
+        float,
+        Strict(),
+        Field(ge=0),
+        Setting("linear warm-up (warmup_cosine)", Home.TRAINING, unit="epochs"),
+    ] = 1.0
     # --- batch normalization
-    bn_placement: Placement = Placement.BEFORE_ACTIVATION
-    bn_momentum: float = 0.1  # PyTorch convention (weight of the new batch)
-    bn_eps: float = 1e-5
-    ghost_batch_size: int | None = None
-    precise_bn_batches: int = 0
+    bn_placement: Annotated[
+        Placement,
+        Setting(
+            "where BN sits relative to the activation",
+            Home.SEARCH,
+            search={"choices": ["before_activation", "after_activation", "none"]},
+        ),
+    ] = Placement.BEFORE_ACTIVATION
+    bn_momentum: Annotated[
+        float,
+        Strict(),
+        Field(gt=0, le=1),
+        Setting(
+            "weight of the new batch in BN running statistics",
+            Home.SEARCH,
+            unit="PyTorch convention",
+            per_member=True,
+            search={"low": 0.01, "high": 0.5, "log": True},
+        ),
+    ] = 0.1
+    bn_eps: Annotated[float, Strict(), Field(gt=0, le=1), Setting("BN epsilon", Home.TRAINING)] = (
+        1e-5
+    )
+    ghost_batch_size: Annotated[
+        int | None,
+        Strict(),
+        Field(ge=2),
+        Setting("BN statistics over virtual batches of this size (null = off)", Home.SEARCH),
+    ] = None
+    precise_bn_batches: Annotated[
+        int,
+        Strict(),
+        Field(ge=0, le=10_000),
+        Setting(
+            "recompute BN statistics over this many batches before evaluating (0 = off)",
+            Home.SEARCH,
+            unit="batches",
+            spec_name="precise_bn",
+            per_member=True,
+        ),
+    ] = 0
     # --- initialization and reproducibility
-    init: Init = Init.KAIMING
-    init_std: float = 0.02  # only for init="normal"
-    seed: int = 0
+    init: Annotated[Init, Setting("weight initialization", Home.SEARCH, per_member=True)] = (
+        Init.KAIMING
+    )
+    init_std: Annotated[
+        float,
+        Strict(),
+        Field(gt=0, le=10),
+        Setting("standard deviation of init=normal", Home.TRAINING, per_member=True),
+    ] = 0.02
+    seed: Annotated[
+        int,
+        Strict(),
+        Field(ge=0, le=2**31 - 1),
+        Setting("seed of init, batch order and dropout", Home.TRAINING, per_member=True),
+    ] = 0
     # --- execution
-    device: str = "auto"  # "auto" = CUDA if present, else CPU; or "cpu", "cuda", "cuda:N"
-    bf16: bool = False  # bf16 autocast, CUDA only (ignored on CPU)
+    device: Annotated[
+        str,
+        Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$"),
+        Setting("auto (CUDA if present, else CPU) | cpu | cuda | cuda:N", Home.RUN),
+    ] = "auto"
+    bf16: Annotated[
+        bool, Strict(), Setting("bf16 autocast (CUDA only; ignored on CPU)", Home.TRAINING)
+    ] = False
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "model_params", _frozen(self.model_params))
-        object.__setattr__(self, "dataset_params", _frozen(self.dataset_params))
-        for name, enum in (
-            ("optimizer", Optimizer),
-            ("schedule", Schedule),
-            ("bn_placement", Placement),
-            ("init", Init),
-        ):
-            object.__setattr__(self, name, enum(getattr(self, name)))
+        for info in SETTINGS.values():
+            object.__setattr__(self, info.name, info.check(getattr(self, info.name)))
+        for name in ("model_params", "dataset_params"):
+            object.__setattr__(self, name, _frozen(getattr(self, name)))
+        if self.nesterov and self.momentum == 0:
+            raise ConfigError("nesterov", "needs momentum > 0")
+        if self.bn_placement is not Placement.NONE and self.batch_size < 2:
+            raise ConfigError("batch_size", "must be >= 2 with batch normalization")
 
     @property
     def effective_learning_rate(self) -> float:
@@ -118,7 +287,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (enums as strings, mappings as dicts)."""
         out: dict[str, Any] = {}
-        for name in self.__dataclass_fields__:
+        for name in SETTINGS:
             value = getattr(self, name)
             if isinstance(value, Mapping):
                 value = dict(value)
@@ -126,6 +295,131 @@ class TrainConfig:
                 value = value.value
             out[name] = value
         return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        """A config from plain data (YAML, JSON); ConfigError names an unknown or bad field."""
+        if not isinstance(data, Mapping):
+            raise ConfigError("config", f"must be a mapping of TrainConfig fields, got {data!r}")
+        unknown = sorted(set(data) - set(SETTINGS))
+        if unknown:
+            raise ConfigError(unknown[0], f"unknown field; known: {', '.join(SETTINGS)}")
+        return cls(**data)
+
+
+# --- the declaration, read back -------------------------------------------------------------------
+
+
+class Kind(StrEnum):
+    """How a setting is searched."""
+
+    INT = "int"
+    FLOAT = "float"
+    CATEGORICAL = "categorical"  # enums and booleans
+    OTHER = "other"  # names, parameter mappings, the device: never searched
+
+
+@dataclass(frozen=True)
+class SettingInfo:
+    """One declared setting with what its annotation says: type, bounds, choices, default."""
+
+    name: str
+    setting: Setting
+    annotation: Any
+    default: Any
+    kind: Kind
+    nullable: bool
+    choices: tuple[Any, ...] | None
+    bounds: tuple[float | None, float | None, bool, bool]  # low, high, low/high inclusive
+
+    @property
+    def spec_name(self) -> str:
+        return self.setting.spec_name or self.name
+
+    @property
+    def type_name(self) -> str:
+        return {Kind.INT: "int", Kind.FLOAT: "float"}.get(self.kind, "str")
+
+    @functools.cached_property
+    def adapter(self) -> TypeAdapter[Any]:
+        return TypeAdapter(self.annotation)
+
+    def check(self, value: Any, path: str | None = None) -> Any:
+        """``value`` validated and converted (enum from its string, int to float) for this
+        setting; ConfigError naming ``path`` (default: the setting's name) otherwise."""
+        try:
+            return self.adapter.validate_python(value)
+        except ValidationError as exc:
+            raise config_error(exc, path or self.name) from None
+
+    def describe(self) -> dict[str, Any]:
+        """JSON Schema of the setting with its help, unit and spec name (for /registry)."""
+        schema = self.adapter.json_schema()
+        schema.pop("title", None)
+        extra = {"spec_name": self.spec_name, "home": self.setting.home.value}
+        if self.setting.unit:
+            extra["unit"] = self.setting.unit
+        default = self.default.value if isinstance(self.default, Enum) else self.default
+        return {**schema, "description": self.setting.help, "default": default, **extra}
+
+
+def _info(name: str, hint: Any, default: Any) -> SettingInfo:
+    base, *metadata = get_args(hint)
+    setting = next(m for m in metadata if isinstance(m, Setting))
+    options = get_args(base) if get_origin(base) in (Union, UnionType) else (base,)
+    nullable = NoneType in options
+    (core,) = [o for o in options if o is not NoneType]
+    low = high = None
+    low_incl = high_incl = True
+    for m in metadata:
+        for c in getattr(m, "metadata", [m]):  # a pydantic FieldInfo holds its constraints
+            if isinstance(c, annotated_types.Ge | annotated_types.Gt):
+                low, low_incl = (c.ge, True) if isinstance(c, annotated_types.Ge) else (c.gt, False)
+            if isinstance(c, annotated_types.Le | annotated_types.Lt):
+                high, high_incl = (
+                    (c.le, True) if isinstance(c, annotated_types.Le) else (c.lt, False)
+                )
+    choices: tuple[Any, ...] | None = None
+    if core is bool:
+        kind, choices = Kind.CATEGORICAL, (False, True)
+    elif isinstance(core, type) and issubclass(core, StrEnum):
+        kind, choices = Kind.CATEGORICAL, tuple(e.value for e in core)
+    elif core is int:
+        kind = Kind.INT
+    elif core is float:
+        kind = Kind.FLOAT
+    else:
+        kind = Kind.OTHER
+    return SettingInfo(
+        name, setting, hint, default, kind, nullable, choices, (low, high, low_incl, high_incl)
+    )
+
+
+def _settings() -> dict[str, SettingInfo]:
+    hints = get_type_hints(TrainConfig, include_extras=True)
+    out = {}
+    for f in dataclasses.fields(TrainConfig):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        out[f.name] = _info(f.name, hints[f.name], default)
+    return out
+
+
+SETTINGS: dict[str, SettingInfo] = _settings()
+"""Every TrainConfig setting by field name, in declaration order."""
+
+PER_MEMBER_SETTINGS: tuple[str, ...] = tuple(n for n, i in SETTINGS.items() if i.setting.per_member)
+SHARED_SETTINGS: tuple[str, ...] = tuple(n for n in SETTINGS if n not in PER_MEMBER_SETTINGS)
+
+
+def setting_by_spec_name(spec_name: str) -> SettingInfo | None:
+    """The setting a study spec calls ``spec_name`` (e.g. ``precise_bn``), if any."""
+    return _BY_SPEC_NAME.get(spec_name)
+
+
+_BY_SPEC_NAME = {i.spec_name: i for i in SETTINGS.values() if i.setting.home is not Home.RUN}
+
+
+# --- results --------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,13 @@ def _minus_val(n: int, params: dict[str, Any]) -> int:
     return n - round(n * params["val_fraction"])
 
 
+def _file_train_size(standard: int) -> Any:
+    """The declared training size of a file dataset: its standard size (or ``limit``) minus the
+    validation part. Declared, not read: validating a spec must not need the data directory, so a
+    smaller local copy (a subset, a test fixture) only makes the batch-size bound looser."""
+    return lambda p: _minus_val(min(standard, p["limit"] or standard), p)
+
+
 # Generated data is built in memory: bound it so a request cannot exhaust the server's memory.
 MAX_SYNTHETIC_VALUES = 50_000_000  # n_samples x values per sample (float32: 200 MB)
 
@@ -222,6 +229,7 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         _SPLIT_SEED,
     ),
     description="CIFAR-10 from a local copy of the python version (3x32x32, 10 classes).",
+    train_size=_file_train_size(50_000),
 )
 def build_cifar10(
     data_dir: Path, path: str, limit: int | None, val_fraction: float, split_seed: int
@@ -325,6 +333,7 @@ def _register_idx(name: str, default_path: str, title: str) -> None:
             _SPLIT_SEED,
         ),
         description=f"{title} from local IDX files (1x28x28, 10 classes).",
+        train_size=_file_train_size(60_000),
     )
     def build(
         data_dir: Path, path: str, limit: int | None, val_fraction: float, split_seed: int

@@ -9,27 +9,30 @@ can only *name* a registered entry; it never supplies an import path.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from models.errors import ConfigError, UnknownNameError
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, create_model
 
-_TYPES: dict[str, tuple[type, ...]] = {
-    "int": (int,),
-    "float": (float, int),
-    "str": (str,),
-    "bool": (bool,),
-    "list[int]": (list, tuple),  # e.g. a tensor shape; checked element-wise
-}
+from models.errors import ConfigError, UnknownNameError, config_error
+
+_PARAMS_CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+_PYTHON_TYPES: dict[str, Any] = {"int": int, "float": float, "str": str, "bool": bool}
 
 
 @dataclass(frozen=True)
 class Param:
-    """One parameter of a model or dataset builder, described for validation and for /registry."""
+    """One parameter of a model or dataset builder, described for validation and for /registry.
+
+    Validation is pydantic's, from the type this declaration builds (``annotation``): one engine
+    for training settings, spec dimensions and builder parameters.
+    """
 
     name: str
     type: str  # "int" | "float" | "str" | "bool" | "list[int]"
@@ -40,36 +43,17 @@ class Param:
     high: float | None = None  # inclusive
     nullable: bool = False
 
-    def check(self, value: Any, field_path: str) -> Any:
-        """Return ``value`` converted to this parameter's type, or raise ConfigError."""
-        if value is None and self.nullable:
-            return None
-        types = _TYPES[self.type]
-        if (isinstance(value, bool) and self.type != "bool") or not isinstance(value, types):
-            raise ConfigError(field_path, f"must be of type {self.type}, got {value!r}")
-        if self.type == "list[int]":
-            return self._check_int_list(value, field_path)
-        if self.type == "float":
-            value = float(value)
-            if value != value or value in (float("inf"), float("-inf")):
-                raise ConfigError(field_path, "must be a finite number")
-        if self.choices is not None and value not in self.choices:
-            raise ConfigError(field_path, f"must be one of {list(self.choices)}, got {value!r}")
-        if self.low is not None and value < self.low:
-            raise ConfigError(field_path, f"must be >= {self.low}, got {value!r}")
-        if self.high is not None and value > self.high:
-            raise ConfigError(field_path, f"must be <= {self.high}, got {value!r}")
-        return value
-
-    def _check_int_list(self, value: list[Any] | tuple[Any, ...], field_path: str) -> list[int]:
-        if not value or any(isinstance(v, bool) or not isinstance(v, int) for v in value):
-            raise ConfigError(field_path, f"must be a non-empty list of integers, got {value!r}")
-        for v in value:  # bounds apply to every element
-            if (self.low is not None and v < self.low) or (self.high is not None and v > self.high):
-                raise ConfigError(
-                    field_path, f"elements must lie in [{self.low}, {self.high}], got {value!r}"
-                )
-        return list(value)
+    @property
+    def annotation(self) -> Any:
+        """The pydantic type of this parameter (strict numbers, bounds, choices)."""
+        bounds = Field(ge=self.low, le=self.high)
+        element = self.type.removeprefix("list[").removesuffix("]")
+        base: Any = Annotated[_PYTHON_TYPES[element], Strict(), bounds]
+        if self.choices is not None:
+            base = Literal[tuple(self.choices)]
+        if self.type.startswith("list["):
+            base = Annotated[list[base], Field(min_length=1)]  # type: ignore[valid-type]
+        return base | None if self.nullable else base
 
     def describe(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if v is not None and k != "nullable"} | {
@@ -89,26 +73,49 @@ class Entry:
     # Datasets: training-set size computed from resolved params without building anything.
     train_size: Callable[[dict[str, Any]], int] | None = None
 
+    @functools.cached_property
+    def params_model(self) -> type[BaseModel]:
+        """A pydantic model of the declared parameters (validation and JSON Schema)."""
+        fields: dict[str, Any] = {
+            p.name: (p.annotation, Field(default=p.default, description=p.description))
+            for p in self.params
+        }
+        return create_model(f"{self.name}_params", __config__=_PARAMS_CONFIG, **fields)
+
     def resolve_params(self, params: Mapping[str, Any] | None, field_path: str) -> dict[str, Any]:
         """Validate ``params`` against the declared ones and fill in defaults."""
         params = dict(params or {})
-        known = {p.name: p for p in self.params}
+        known = sorted(p.name for p in self.params)
         unknown = sorted(set(params) - set(known))
         if unknown:
             raise ConfigError(
                 f"{field_path}.{unknown[0]}",
-                f"unknown parameter for {self.name!r}; known: {', '.join(sorted(known)) or 'none'}",
+                f"unknown parameter for {self.name!r}; known: {', '.join(known) or 'none'}",
             )
-        return {
-            name: p.check(params[name], f"{field_path}.{name}") if name in params else p.default
-            for name, p in known.items()
-        }
+        try:
+            return self.params_model.model_validate(params).model_dump()
+        except ValidationError as exc:
+            raise config_error(exc, field_path) from None
+
+    def check_placement(self, placement: str, field_path: str) -> None:
+        """ConfigError unless this model supports BN ``placement`` (its ``placements`` tag): the
+        one placement check, used by the trainer and by spec validation."""
+        allowed = self.tags.get("placements")
+        if allowed is not None and placement not in allowed:
+            raise ConfigError(
+                field_path,
+                f"{placement!r} is not supported by model {self.name!r}; "
+                f"supported: {', '.join(allowed)}",
+            )
 
     def describe(self) -> dict[str, Any]:
+        schema = self.params_model.model_json_schema()
+        schema.pop("title", None)
         return {
             "name": self.name,
             "description": self.description,
             "params": [p.describe() for p in self.params],
+            "schema": schema,
             **({"tags": dict(self.tags)} if self.tags else {}),
         }
 
@@ -116,9 +123,10 @@ class Entry:
 class Registry:
     """Name → Entry for one kind of thing (``"model"`` or ``"dataset"``)."""
 
-    def __init__(self, kind: str, entry_point_group: str) -> None:
+    def __init__(self, kind: str, entry_point_group: str, sized: bool = False) -> None:
         self.kind = kind
         self.entry_point_group = entry_point_group
+        self.sized = sized  # entries must declare train_size (datasets)
         self._entries: dict[str, Entry] = {}
 
     def register(
@@ -129,7 +137,13 @@ class Registry:
         train_size: Callable[[dict[str, Any]], int] | None = None,
         **tags: Any,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        """Decorator registering ``builder`` under ``name`` (re-registering replaces)."""
+        """Decorator registering ``builder`` under ``name`` (re-registering replaces).
+
+        Datasets must pass ``train_size``: the training-set size computed from the resolved
+        parameters without building anything, so a spec validates without data.
+        """
+        if self.sized and train_size is None:
+            raise TypeError(f"{self.kind} {name!r} must declare train_size=")
 
         def decorate(builder: Callable[..., Any]) -> Callable[..., Any]:
             doc = description or (builder.__doc__ or "").strip().splitlines()[0:1]
@@ -159,7 +173,7 @@ class Registry:
 
 
 MODELS = Registry("model", "bnsweep.models")
-DATASETS = Registry("dataset", "bnsweep.datasets")
+DATASETS = Registry("dataset", "bnsweep.datasets", sized=True)
 
 _plugins_loaded = False
 

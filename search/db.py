@@ -8,33 +8,16 @@ own tables (API keys) to the same ``Base.metadata``.
 from __future__ import annotations
 
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text, func
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from search.states import SlotState, StudyStatus, WorkerStatus
+
 
 class Base(DeclarativeBase):
     pass
-
-
-class StudyStatus(StrEnum):
-    QUEUED = "queued"  # created, no trial claimed yet
-    RUNNING = "running"
-    COMPLETED = "completed"  # n_trials finished, or timeout reached
-    CANCELLED = "cancelled"
-    FAILED = "failed"  # more failed trials than budget.max_failed
-
-    @property
-    def is_active(self) -> bool:
-        return self in (StudyStatus.QUEUED, StudyStatus.RUNNING)
-
-
-class SlotState(StrEnum):
-    ACTIVE = "active"  # a worker holds it and is running (or about to run) a trial
-    DONE = "done"  # its trial finished (any state)
-    RELEASED = "released"  # its worker stopped heartbeating; the slot was freed
 
 
 class StudyRow(Base):
@@ -84,7 +67,7 @@ class WorkerRow(Base):
     host: Mapped[str] = mapped_column(String(200))
     pid: Mapped[int] = mapped_column(Integer)
     device: Mapped[str] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(16), default="idle")  # idle | busy | stopped
+    status: Mapped[str] = mapped_column(String(16), default=WorkerStatus.IDLE.value)
     current_study_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     current_trial_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -20,3 +20,7 @@ class StudyNotFoundError(LookupError):
 
 class StudyStateError(RuntimeError):
     """The study's status forbids the operation (e.g. deleting a running study)."""
+
+
+class NotFoundError(LookupError):
+    """Something other than a study is missing (e.g. no best trial yet)."""

@@ -29,9 +29,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from models.config import EpochMetrics, TrainConfig, TrainResult, TrainStatus
 from models.train import train
 from search.spec import PER_EPOCH_METRICS, Metric, StudySpec
+from search.states import TrialStatus
 
-# Spec dimension name → TrainConfig field name (where they differ).
-_CONFIG_FIELD = {"precise_bn": "precise_bn_batches"}
 CANCELLED_REASON = "study cancelled"
 # A diverged run never reaches a trained model: its time is "never" (1e9 s, ~32 years), kept
 # finite so that it stays valid JSON and a usable value for every sampler.
@@ -45,28 +44,6 @@ class TrialOutcome:
     state: TrialState
     values: list[float] | None
     user_attrs: dict[str, Any] = field(default_factory=dict)
-
-
-def train_config(spec: StudySpec, params: dict[str, Any], device: str) -> TrainConfig:
-    """The TrainConfig for a trial's sampled ``params`` plus the spec's fixed settings."""
-    chosen = spec.search_space.fixed() | params
-    t = spec.training
-    return TrainConfig(
-        model=spec.model.name,
-        model_params=spec.model.params,
-        dataset=spec.dataset.name,
-        dataset_params=spec.dataset.params,
-        epochs=t.epochs,
-        schedule=t.schedule,
-        warmup_epochs=t.warmup_epochs,
-        nesterov=t.nesterov,
-        bn_eps=t.bn_eps,
-        init_std=t.init_std,
-        seed=t.seed,
-        bf16=t.bf16,
-        device=device,
-        **{_CONFIG_FIELD.get(k, k): v for k, v in chosen.items()},
-    )
 
 
 def metric_value(metric: Metric, result: TrainResult) -> float:
@@ -124,7 +101,7 @@ def result_attrs(result: TrainResult) -> dict[str, Any]:
 
     last = result.last
     return {
-        "status": result.status.value,
+        "status": TrialStatus(result.status.value).value,
         "reason": result.reason,
         "epochs_run": result.epochs_run,
         "train_seconds": result.train_s,
@@ -136,6 +113,17 @@ def result_attrs(result: TrainResult) -> dict[str, Any]:
         "test_accuracy": finite(result.test_accuracy),
         "test_accuracy_batch_stats": finite(result.test_accuracy_batch_stats),
         "test_loss": finite(result.test_loss),
+        "num_classes": result.num_classes,
+        # Per-epoch metrics for the analysis (pruned trials compared at the epoch they reached).
+        "history": [
+            {
+                "epoch": e.epoch,
+                "train_loss": finite(e.train_loss),
+                "val_loss": finite(e.val_loss),
+                "val_accuracy": finite(e.val_accuracy),
+            }
+            for e in result.epochs
+        ],
     }
 
 
@@ -147,7 +135,7 @@ def run_trial(
     should_cancel: Callable[[], bool] = lambda: False,
 ) -> TrialOutcome:
     """Train the trial's configuration and decide what to tell Optuna. Never raises for a fault."""
-    config = train_config(spec, trial.params, device)
+    config = spec.train_config(trial.params, device)
     primary = spec.objective.metric
     report = not spec.is_multi_objective and primary in PER_EPOCH_METRICS
     history: list[EpochMetrics] = []
@@ -181,7 +169,7 @@ def run_trial(
             values = [diverged_value(t.metric, result) for t in spec.objective.targets]
             return TrialOutcome(TrialState.COMPLETE, values, attrs)
         case TrainStatus.PRUNED if stopped_by == ["cancel"]:
-            attrs |= {"status": "cancelled", "reason": CANCELLED_REASON}
+            attrs |= {"status": TrialStatus.CANCELLED.value, "reason": CANCELLED_REASON}
             return TrialOutcome(TrialState.FAIL, None, attrs)
         case TrainStatus.PRUNED:
             return TrialOutcome(TrialState.PRUNED, None, attrs)

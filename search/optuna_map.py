@@ -1,4 +1,4 @@
-"""Study spec → Optuna: distributions, sampler, pruner, directions."""
+"""Study spec → Optuna: distributions, sampler, pruner."""
 
 from __future__ import annotations
 
@@ -13,24 +13,31 @@ from optuna.distributions import (
     IntDistribution,
 )
 
+from models.config import Kind, setting_by_spec_name
 from models.errors import first_line
 from search.errors import SpecError
-from search.spec import DIMENSIONS, Choices, DimKind, Range, StudySpec
+from search.samplers import (
+    PRUNERS,
+    SAMPLERS,
+    SEQUENCE_SAMPLERS,
+    SINGLE_OBJECTIVE_SAMPLERS,
+    GridSampler,
+)
+from search.spec import Choices, Range, StudySpec
 
-# Samplers that cannot handle more than one objective.
-SINGLE_OBJECTIVE_SAMPLERS = {"cmaes"}
-SAMPLERS = ["tpe", "random", "grid", "cmaes", "gp", "qmc", "nsga2"]
-PRUNERS = ["none", "median", "percentile", "successive_halving", "hyperband"]
+
+def _is_int(name: str) -> bool:
+    info = setting_by_spec_name(name)
+    return info is not None and info.kind is Kind.INT
 
 
 def distributions(spec: StudySpec) -> dict[str, BaseDistribution]:
     """The Optuna distribution of every searched dimension, in a stable order."""
     out: dict[str, BaseDistribution] = {}
     for name, dim in spec.search_space.searched().items():
-        kind = DIMENSIONS[name][0]
         if isinstance(dim, Choices):
             out[name] = CategoricalDistribution(dim.choices)
-        elif kind is DimKind.INT:
+        elif _is_int(name):
             step = int(dim.step) if dim.step is not None else 1
             out[name] = IntDistribution(int(dim.low), int(dim.high), log=dim.log, step=step)
         else:
@@ -57,7 +64,7 @@ def grid_search_space(spec: StudySpec) -> dict[str, list[Any]]:
         if count > 10_000:
             raise SpecError(f"search_space.{name}.step", f"gives {count} grid points (max 10000)")
         values = [dim.low + i * dim.step for i in range(count)]
-        if DIMENSIONS[name][0] is DimKind.INT:
+        if _is_int(name):
             grid[name] = [int(v) for v in values]
         else:  # 0.1 * 3 is 0.30000000000000004: round to the step's decimals
             decimals = max(0, -math.floor(math.log10(dim.step))) + 6
@@ -69,22 +76,6 @@ def grid_search_space(spec: StudySpec) -> dict[str, list[Any]]:
             f"must be <= {size}, the number of grid points, got {spec.budget.n_trials}",
         )
     return grid
-
-
-class _GridSampler(optuna.samplers.GridSampler):
-    """Optuna's GridSampler without its ``study.stop()`` once the grid is covered.
-
-    ``stop()`` raises outside ``optimize()``, and our workers use ask/tell; our budget
-    (``n_trials`` <= the grid size, checked at validation) ends the study instead.
-    """
-
-    def after_trial(self, *_: Any) -> None:
-        pass
-
-
-# Samplers whose points follow from the trial number and the seed (grid order, Sobol sequence):
-# every worker must use the spec's seed itself, or parallel workers would walk different sequences.
-SEQUENCE_SAMPLERS = {"grid", "qmc"}
 
 
 def make_sampler(spec: StudySpec, slot_id: int | None = None) -> optuna.samplers.BaseSampler:
@@ -100,35 +91,30 @@ def make_sampler(spec: StudySpec, slot_id: int | None = None) -> optuna.samplers
     if seed is not None and slot_id is not None and s.name not in SEQUENCE_SAMPLERS:
         seed += slot_id
     kwargs: dict[str, Any] = dict(s.options)
-    factories: dict[str, Any] = {
-        "tpe": optuna.samplers.TPESampler,
-        "random": optuna.samplers.RandomSampler,
-        "cmaes": optuna.samplers.CmaEsSampler,
-        "gp": optuna.samplers.GPSampler,
-        "qmc": optuna.samplers.QMCSampler,
-        "nsga2": optuna.samplers.NSGAIISampler,
-    }
     if s.name == "grid":
-        return _GridSampler(grid_search_space(spec), seed=seed, **kwargs)
-    return factories[s.name](seed=seed, **kwargs)
+        return GridSampler(grid_search_space(spec), seed=seed, **kwargs)
+    return SAMPLERS[s.name](seed=seed, **kwargs)  # type: ignore[call-arg]
 
 
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     """The spec's pruner (NopPruner for "none")."""
     p = spec.pruner
-    factories: dict[str, Any] = {
-        "none": optuna.pruners.NopPruner,
-        "median": optuna.pruners.MedianPruner,
-        "percentile": optuna.pruners.PercentilePruner,
-        "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
-        "hyperband": optuna.pruners.HyperbandPruner,
-    }
     kwargs = dict(p.options)
     if p.name == "hyperband":
-        kwargs.setdefault("max_resource", spec.training.epochs)
+        kwargs.setdefault("max_resource", max_epochs(spec))
     if p.name == "percentile":
         kwargs.setdefault("percentile", 25.0)
-    return factories[p.name](**kwargs)
+    return PRUNERS[p.name](**kwargs)
+
+
+def max_epochs(spec: StudySpec) -> int:
+    """The most epochs any trial of the study trains."""
+    dim = spec.search_space.dimensions().get("epochs")
+    if dim is None:
+        return int(spec.training.epochs)
+    if isinstance(dim, Choices):
+        return max(int(v) for v in dim.choices)
+    return int(getattr(dim, "high", getattr(dim, "value", spec.training.epochs)))
 
 
 def check_sampler_and_pruner(spec: StudySpec) -> None:

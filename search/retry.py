@@ -6,7 +6,10 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial
 
-SPEC_ATTR = "bnsweep_spec"  # study user attr holding the spec, so any worker can run the study
+# Study user attr with what Optuna's own tools should show (name, objective, link) and what a
+# retry needs (``retries``); the full spec lives in bnsweep's table. Kept small: `optuna studies`
+# prints user attrs in its table.
+STUDY_ATTR = "bnsweep"
 
 
 class RetryFromSpec:
@@ -17,5 +20,5 @@ class RetryFromSpec:
     """
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        max_retry = int(study.user_attrs.get(SPEC_ATTR, {}).get("retries", 0))
+        max_retry = int(study.user_attrs.get(STUDY_ATTR, {}).get("retries", 0))
         RetryHeartbeatStaleTrialCallback(max_retry=max_retry)(study, trial)

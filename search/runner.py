@@ -9,12 +9,11 @@ from dataclasses import dataclass
 
 import optuna
 
-from search.db import StudyStatus
 from search.errors import StudyNotFoundError, StudyStateError
 from search.spec import StudySpec
+from search.states import StudyStatus, TrialCounts
 from search.storage import get_engine, get_storage
 from search.studies import (
-    TrialCounts,
     counts_for,
     create_study,
     get_study_row,

@@ -1,4 +1,5 @@
-"""The study spec: one pydantic model, read from JSON or YAML, validated once at the edge.
+"""The study spec's types: one pydantic model, read from JSON or YAML (parsing and the checks that
+need the registry live in search/validate.py).
 
 A search dimension is written one of three ways::
 
@@ -6,19 +7,18 @@ A search dimension is written one of three ways::
     bn_placement: {choices: [before_activation, none]}
     learning_rate: {low: 0.001, high: 1.0, log: true}  # range (optional step)
 
-Everything after validation trusts the type. Validation that needs the registry (model and dataset
-names and params, batch size against the training-set size) and the operator's caps runs in
-``validate_spec``; errors name the field and the reason.
+The search space and the ``training`` section are derived from the training settings' declaration
+(models/config.py): every setting homed in ``search_space`` is a dimension (searched or fixed by
+default), every one homed in ``training`` is a field there with the trainer's own bounds, and a
+training setting may also be given in ``search_space`` to vary it per trial (e.g. ``seed``).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -26,13 +26,16 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
-    ValidationError,
+    TypeAdapter,
+    WithJsonSchema,
+    create_model,
+    model_serializer,
     model_validator,
 )
+from pydantic.functional_serializers import SerializerFunctionWrapHandler
 
-from models.config import Init, Optimizer, Placement, Schedule
-from models.errors import ConfigError
-from search.errors import SpecError
+from models.config import SETTINGS, Home, TrainConfig, setting_by_spec_name
+from search.samplers import PRUNERS, SAMPLERS
 
 # --- dimensions -----------------------------------------------------------------------------------
 
@@ -88,8 +91,6 @@ def _dimension_kind(value: Any) -> str:
 
 def _as_dimension(value: Any) -> Any:
     """Scalars (and null) are fixed values; mappings are parsed by their keys."""
-    if isinstance(value, Fixed | Choices | Range):
-        return value
     if value is None or isinstance(value, bool | int | float | str):
         return {"value": value}
     return value
@@ -101,44 +102,29 @@ Dimension = Annotated[
     | Annotated[Range, Tag("range")],
     Discriminator(_dimension_kind),
 ]
+_DIMENSION: TypeAdapter[Fixed | Choices | Range] = TypeAdapter(Dimension)
 
 
-class DimKind(StrEnum):
-    INT = "int"
-    FLOAT = "float"
-    CATEGORICAL = "categorical"
+def dimension_values(dim: Fixed | Choices | Range) -> list[tuple[str, Any]]:
+    """The values a dimension names, each with where it sits (``""``, ``.choices.1``, ``.low``)."""
+    if isinstance(dim, Fixed):
+        return [("", dim.value)]
+    if isinstance(dim, Choices):
+        return [(f".choices.{i}", v) for i, v in enumerate(dim.choices)]
+    return [(".low", dim.low), (".high", dim.high)]
 
 
-# Per dimension: (kind, allowed domain as (low, high, low_inclusive, high_inclusive) or choices).
-DIMENSIONS: dict[str, tuple[DimKind, Any]] = {
-    "batch_size": (DimKind.INT, (1, None, True, True)),
-    "learning_rate": (DimKind.FLOAT, (0.0, 1e3, False, True)),
-    "momentum": (DimKind.FLOAT, (0.0, 1.0, True, False)),
-    "bn_momentum": (DimKind.FLOAT, (0.0, 1.0, False, True)),
-    "bn_placement": (DimKind.CATEGORICAL, [p.value for p in Placement]),
-    "weight_decay": (DimKind.FLOAT, (0.0, 1.0, True, True)),
-    "optimizer": (DimKind.CATEGORICAL, [o.value for o in Optimizer]),
-    "init": (DimKind.CATEGORICAL, [i.value for i in Init]),
-    "ghost_batch_size": (DimKind.INT, (2, None, True, True)),  # null = off
-    "precise_bn": (DimKind.INT, (0, 10_000, True, True)),  # batches; 0 = off
-    "lr_scaling": (DimKind.CATEGORICAL, [False, True]),
-}
+# --- the settings sections, derived from TrainConfig's declaration --------------------------------
 
 
-class SearchSpace(_Strict):
+class _Section(_Strict):
+    if TYPE_CHECKING:  # fields are generated from the declaration: typed Any for the checker
+
+        def __getattr__(self, name: str) -> Any: ...
+
+
+class _SearchSpaceBase(_Section):
     """The searched (or fixed) training settings. Defaults search the five BN dimensions."""
-
-    batch_size: Dimension = Choices(choices=[32, 64, 128, 256])
-    learning_rate: Dimension = Range(low=1e-3, high=1.0, log=True)
-    momentum: Dimension = Range(low=0.5, high=0.99)
-    bn_momentum: Dimension = Range(low=0.01, high=0.5, log=True)
-    bn_placement: Dimension = Choices(choices=["before_activation", "after_activation", "none"])
-    weight_decay: Dimension = Fixed(value=5e-4)
-    optimizer: Dimension = Fixed(value="sgd")
-    init: Dimension = Fixed(value="kaiming")
-    ghost_batch_size: Dimension = Fixed(value=None)
-    precise_bn: Dimension = Fixed(value=0)
-    lr_scaling: Dimension = Fixed(value=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -147,17 +133,65 @@ class SearchSpace(_Strict):
             return {k: _as_dimension(v) for k, v in data.items()}
         return data
 
+    @model_serializer(mode="wrap")
+    def _only_given(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Training settings are dimensions only when given: leave the others out of the JSON.
+        data: dict[str, Any] = handler(self)
+        return {k: v for k, v in data.items() if getattr(self, k) is not None}
+
+    def dimensions(self) -> dict[str, Fixed | Choices | Range]:
+        """Every dimension by spec name (training settings only when given here)."""
+        return {n: d for n in type(self).model_fields if (d := getattr(self, n)) is not None}
+
     def searched(self) -> dict[str, Choices | Range]:
         """The dimensions Optuna samples (everything not fixed)."""
-        return {
-            name: dim for name in DIMENSIONS if not isinstance(dim := getattr(self, name), Fixed)
-        }
+        return {n: d for n, d in self.dimensions().items() if not isinstance(d, Fixed)}
 
     def fixed(self) -> dict[str, Any]:
         """The dimensions held at one value."""
-        return {
-            name: dim.value for name in DIMENSIONS if isinstance(dim := getattr(self, name), Fixed)
-        }
+        return {n: d.value for n, d in self.dimensions().items() if isinstance(d, Fixed)}
+
+
+class _TrainingBase(_Section):
+    """Training settings shared by every trial (unless also given in ``search_space``)."""
+
+
+def _search_space_fields() -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for info in SETTINGS.values():
+        help_text = info.setting.help + (f" ({info.setting.unit})" if info.setting.unit else "")
+        if info.setting.home is Home.SEARCH:
+            raw = info.setting.search if info.setting.search is not None else info.default
+            default = _DIMENSION.validate_python(_as_dimension(_plain(raw)))
+            fields[info.spec_name] = (Dimension, Field(default=default, description=help_text))
+        elif info.setting.home is Home.TRAINING:
+            help_text += "; set here to vary it per trial (overrides training)"
+            fields[info.spec_name] = (Dimension | None, Field(default=None, description=help_text))
+    return fields
+
+
+def _training_fields() -> dict[str, Any]:
+    return {
+        info.spec_name: (
+            info.annotation,
+            Field(default=info.default, description=info.setting.help),
+        )
+        for info in SETTINGS.values()
+        if info.setting.home is Home.TRAINING
+    }
+
+
+def _plain(value: Any) -> Any:
+    """An enum default as its plain value (spec form)."""
+    return value.value if isinstance(value, StrEnum) else value
+
+
+if TYPE_CHECKING:
+    SearchSpace = _SearchSpaceBase
+    Training = _TrainingBase
+else:
+    SearchSpace = create_model("SearchSpace", __base__=_SearchSpaceBase, **_search_space_fields())
+    Training = create_model("Training", __base__=_TrainingBase, **_training_fields())
 
 
 # --- the rest of the spec -------------------------------------------------------------------------
@@ -174,26 +208,28 @@ def _no_control_characters(value: str) -> str:
 Name = Annotated[str, AfterValidator(_no_control_characters)]
 
 
+def _one_of(table: Mapping[str, Any]) -> Any:
+    def check(value: str) -> str:
+        if value not in table:
+            raise ValueError(f"must be one of {', '.join(table)}, got {value!r}")
+        return value
+
+    return AfterValidator(check)
+
+
+SamplerName = Annotated[
+    str, _one_of(SAMPLERS), WithJsonSchema({"type": "string", "enum": list(SAMPLERS)})
+]
+PrunerName = Annotated[
+    str, _one_of(PRUNERS), WithJsonSchema({"type": "string", "enum": list(PRUNERS)})
+]
+
+
 class Component(_Strict):
     """A registered model or dataset, by name, with its parameters."""
 
     name: Name = Field(min_length=1, max_length=100)
     params: dict[str, Any] = Field(default_factory=dict)
-
-
-class Training(_Strict):
-    """Fixed training settings shared by every trial."""
-
-    epochs: int = Field(default=10, ge=1)
-    schedule: Schedule = Schedule.COSINE
-    warmup_epochs: float = Field(default=1.0, ge=0)
-    nesterov: bool = False
-    bn_eps: float = Field(default=1e-5, gt=0, le=1)
-    init_std: float = Field(default=0.02, gt=0, le=10)
-    seed: int = Field(
-        default=0, ge=0, le=2**31 - 1
-    )  # the same seed for every trial: fair comparisons
-    bf16: bool = False  # CUDA only
 
 
 class Metric(StrEnum):
@@ -247,8 +283,6 @@ class Objective(Target):
         return [self, self.secondary] if self.secondary else [self]
 
 
-SamplerName = Literal["tpe", "random", "grid", "cmaes", "gp", "qmc", "nsga2"]
-PrunerName = Literal["none", "median", "percentile", "successive_halving", "hyperband"]
 OptionValue = bool | int | float | str | None
 
 
@@ -276,6 +310,28 @@ class Budget(_Strict):
         return self.n_trials if self.max_failed is None else self.max_failed
 
 
+MAX_FUSE = 64
+
+
+class Execution(_Strict):
+    """How workers run the trials (never what they compute)."""
+
+    fuse: Literal["auto"] | Annotated[int, Field(ge=1, le=MAX_FUSE)] = Field(
+        default="auto",
+        description="trials trained as one fused model: auto (measured per shape), or 1..64",
+    )
+
+
+class WarmStart(_Strict):
+    """Evaluate an earlier study's best configurations first."""
+
+    from_study: Name = Field(min_length=1, max_length=200)
+    top_k: int = Field(default=5, ge=1, le=100)
+
+
+MAX_ENQUEUED = 1000
+
+
 class StudySpec(_Strict):
     """A whole study: what to train, what to search, how to search it and how much."""
 
@@ -288,7 +344,14 @@ class StudySpec(_Strict):
     sampler: SamplerSpec = Field(default_factory=SamplerSpec)
     pruner: PrunerSpec = Field(default_factory=PrunerSpec)
     budget: Budget = Field(default_factory=Budget)
+    execution: Execution = Field(default_factory=Execution)
     retries: int = Field(default=1, ge=0, le=10)  # re-runs of a trial whose worker died
+    enqueue: list[dict[str, Any]] = Field(
+        default_factory=list,
+        max_length=MAX_ENQUEUED,
+        description="configurations (search-space values by name) evaluated first",
+    )
+    warm_start: WarmStart | None = None
 
     @property
     def directions(self) -> list[str]:
@@ -302,167 +365,23 @@ class StudySpec(_Strict):
         """Canonical JSON form (stored with the study)."""
         return self.model_dump(mode="json")
 
+    def settings(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Every training setting a trial with sampled ``params`` uses, by spec name: the
+        ``training`` section, then the fixed dimensions, then the sampled values."""
+        return self.training.model_dump() | self.search_space.fixed() | dict(params)
 
-# --- validation at the edge -----------------------------------------------------------------------
-
-
-class Limits(BaseModel):
-    """Operator caps on budgets (service settings fill these)."""
-
-    max_n_trials: int = 10_000
-    max_epochs: int = 1_000
-    max_timeout_seconds: float = 7 * 24 * 3600
-    max_parallel: int = 1_024
-
-
-def _field_path(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc]
-    if len(parts) >= 3 and parts[0] == "search_space" and parts[2] in ("fixed", "choices", "range"):
-        del parts[2]  # the dimension's form (a union tag), not a field the user wrote
-    return ".".join(parts) or "spec"
-
-
-def _first_error(exc: ValidationError) -> SpecError:
-    """The first pydantic error, as a SpecError naming the field."""
-    err = exc.errors()[0]
-    message = str(err["msg"]).removeprefix("Value error, ")
-    return SpecError(_field_path(err["loc"]), message)
-
-
-def parse_spec(data: Any, limits: Limits | None = None) -> StudySpec:
-    """Validate a spec given as a mapping; raise SpecError naming the field and the reason."""
-    if not isinstance(data, Mapping):
-        raise SpecError("spec", "must be a mapping (JSON object / YAML mapping)")
-    try:
-        spec = StudySpec.model_validate(data)
-    except ValidationError as exc:
-        raise _first_error(exc) from None
-    validate_spec(spec, limits or Limits())
-    return spec
-
-
-class _SpecLoader(yaml.SafeLoader):
-    """YAML's safe loader without aliases: a spec never needs them, and nested aliases
-    ("billion laughs") expand exponentially once the data is walked."""
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            mark = self.peek_event().start_mark
-            raise yaml.composer.ComposerError(None, None, "aliases are not allowed", mark)
-        return super().compose_node(parent, index)
-
-
-def parse_spec_text(text: str | bytes, limits: Limits | None = None) -> StudySpec:
-    """Validate a spec given as YAML or JSON text (JSON is YAML). Safe loader: no tags, no
-    aliases."""
-    try:
-        data = yaml.load(text, Loader=_SpecLoader)  # a SafeLoader: no arbitrary tags
-    except yaml.YAMLError as exc:
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise SpecError("spec", f"not valid YAML/JSON: {problem}") from None
-    return parse_spec(data, limits)
-
-
-def validate_spec(spec: StudySpec, limits: Limits) -> None:
-    """Checks that need the registry or the caps. Raises SpecError."""
-    from search.optuna_map import check_sampler_and_pruner  # import cycle: optuna_map uses spec
-
-    _check_caps(spec, limits)
-    train_size = _check_components(spec)
-    _check_dimensions(spec.search_space, spec.model.name, train_size, spec.training.nesterov)
-    check_sampler_and_pruner(spec)
-
-
-def _check_caps(spec: StudySpec, limits: Limits) -> None:
-    caps = [
-        ("budget.n_trials", spec.budget.n_trials, limits.max_n_trials),
-        ("training.epochs", spec.training.epochs, limits.max_epochs),
-        ("budget.timeout_seconds", spec.budget.timeout_seconds, limits.max_timeout_seconds),
-        ("budget.max_parallel", spec.budget.max_parallel, limits.max_parallel),
-    ]
-    for field_path, value, cap in caps:
-        if value is not None and value > cap:
-            raise SpecError(field_path, f"must be <= {cap} (server cap), got {value}")
-
-
-def _check_components(spec: StudySpec) -> int:
-    """Resolve model and dataset through the registry; return the training-set size."""
-    from models.data import train_size
-    from models.registry import DATASETS, MODELS
-
-    try:
-        dataset = DATASETS.get(spec.dataset.name, "dataset.name")
-        dataset.resolve_params(spec.dataset.params, "dataset.params")
-        model = MODELS.get(spec.model.name, "model.name")
-        model.resolve_params(spec.model.params, "model.params")
-        return train_size(spec.dataset.name, spec.dataset.params)
-    except SpecError:
-        raise
-    except ConfigError as exc:
-        raise SpecError(exc.field, exc.reason) from None
-
-
-def _check_dimensions(space: SearchSpace, model_name: str, train_size: int, nesterov: bool) -> None:
-    from models.registry import MODELS
-
-    for name, (kind, domain) in DIMENSIONS.items():
-        dim = getattr(space, name)
-        path = f"search_space.{name}"
-        if isinstance(dim, Range) and kind is DimKind.CATEGORICAL:
-            raise SpecError(path, "is categorical: give a value or choices, not a range")
-        if isinstance(dim, Range) and kind is DimKind.INT:
-            for attr in ("low", "high", "step"):
-                value = getattr(dim, attr)
-                if value is not None and not float(value).is_integer():
-                    raise SpecError(f"{path}.{attr}", f"must be an integer, got {value}")
-        for where, value in _labelled_values(dim):
-            _check_value(f"{path}{where}", kind, domain, value, nullable=name == "ghost_batch_size")
-    for where, value in _labelled_values(space.batch_size):
-        if value > train_size:
-            raise SpecError(
-                f"search_space.batch_size{where}",
-                f"must be <= {train_size} (the training-set size), got {int(value)}",
-            )
-    if nesterov and any(v == 0 for _, v in _labelled_values(space.momentum)):
-        raise SpecError(
-            "training.nesterov", "needs momentum > 0, but search_space.momentum allows 0"
+    def train_config(self, params: Mapping[str, Any], device: str = "auto") -> TrainConfig:
+        """The TrainConfig of a trial with sampled ``params`` (spec names)."""
+        values = {}
+        for spec_name, value in self.settings(params).items():
+            info = setting_by_spec_name(spec_name)
+            assert info is not None, spec_name  # the sections only hold declared settings
+            values[info.name] = value
+        return TrainConfig(
+            model=self.model.name,
+            model_params=self.model.params,
+            dataset=self.dataset.name,
+            dataset_params=self.dataset.params,
+            device=device,
+            **values,
         )
-    allowed = MODELS.get(model_name).tags.get("placements")
-    if allowed is not None:
-        for where, value in _labelled_values(space.bn_placement):
-            if value not in allowed:
-                raise SpecError(
-                    f"search_space.bn_placement{where}",
-                    f"{value!r} is not supported by model {model_name!r}; "
-                    f"supported: {', '.join(allowed)}",
-                )
-
-
-def _labelled_values(dim: Dimension) -> list[tuple[str, Any]]:
-    if isinstance(dim, Fixed):
-        return [("", dim.value)]
-    if isinstance(dim, Choices):
-        return [(f".choices.{i}", v) for i, v in enumerate(dim.choices)]
-    return [(".low", dim.low), (".high", dim.high)]
-
-
-def _check_value(path: str, kind: DimKind, domain: Any, value: Any, nullable: bool) -> None:
-    if value is None:
-        if nullable:
-            return
-        raise SpecError(path, "must not be null")
-    if kind is DimKind.CATEGORICAL:
-        if value not in domain or isinstance(value, bool) != isinstance(domain[0], bool):
-            raise SpecError(path, f"must be one of {domain}, got {value!r}")
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise SpecError(path, f"must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise SpecError(path, "must be a finite number")
-    if kind is DimKind.INT and not float(value).is_integer():
-        raise SpecError(path, f"must be an integer, got {value}")
-    low, high, low_incl, high_incl = domain
-    if low is not None and (value < low or (value == low and not low_incl)):
-        raise SpecError(path, f"must be {'>=' if low_incl else '>'} {low}, got {value}")
-    if high is not None and (value > high or (value == high and not high_incl)):
-        raise SpecError(path, f"must be {'<=' if high_incl else '<'} {high}, got {value}")

@@ -1,4 +1,9 @@
-"""Database connections: one SQLAlchemy engine for our tables, one Optuna RDBStorage for Optuna's.
+"""Database connections, and the one module that knows Optuna's internals.
+
+One SQLAlchemy engine for our tables, one Optuna RDBStorage for Optuna's. Everything private of
+Optuna bnsweep relies on (its table models, a trial's and a study's ids and storage, creating a
+trial with fixed parameters) is reached through the functions at the end of this module, so an
+Optuna upgrade touches this file only.
 
 Pool sizing: a process holds two pools (ours and Optuna's) of ``pool_size`` connections plus as
 many overflow ones. A worker uses ``pool_size=1``: its main thread and its heartbeat thread each
@@ -13,12 +18,18 @@ import contextlib
 import functools
 import warnings
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import optuna
 import sqlalchemy as sa
+from optuna.distributions import BaseDistribution
+from optuna.storages._rdb import models as _optuna_models
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
+
+from search.states import TrialStateName
 
 # Heartbeats, fail_stale_trials and the retry callback are "experimental" in Optuna 5 by label
 # only; they are the crash recovery we rely on, so their warnings would be noise in every log.
@@ -130,3 +141,75 @@ def get_storage(
         heartbeat_stale_trial_callback=RetryFromSpec(),
         skip_table_creation=True,
     )
+
+
+# --- Optuna's internals, in one place -------------------------------------------------------------
+
+TRIALS = _optuna_models.TrialModel.__table__
+"""Optuna's ``trials`` table (study_id, number, state, datetime_start/complete)."""
+TRIAL_HEARTBEATS = _optuna_models.TrialHeartbeatModel.__table__
+TRIAL_VALUES = _optuna_models.TrialValueModel.__table__
+TRIAL_PARAMS = _optuna_models.TrialParamModel.__table__
+TRIAL_USER_ATTRS = _optuna_models.TrialUserAttributeModel.__table__
+STUDIES = _optuna_models.StudyModel.__table__
+
+
+def trial_state_name(state: TrialState | str) -> str:
+    """A value of the trials table's state column as the API spells it (``complete``); drivers
+    return Optuna's enum or its name."""
+    name = state.name if isinstance(state, TrialState) else str(state)
+    return TrialStateName(name).value
+
+
+def trial_id_of(trial: optuna.Trial | FrozenTrial) -> int:
+    """The storage's id of a trial (Optuna keeps it private; trial numbers are per study)."""
+    return int(trial._trial_id)
+
+
+def study_id_of(study: optuna.Study) -> int:
+    """The storage's id of a study."""
+    return int(study._study_id)
+
+
+def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
+    """The storage a study reads and writes."""
+    return study._storage
+
+
+def distribution_contains(dist: BaseDistribution, value: object) -> bool:
+    """Whether ``value`` lies in ``dist`` (Optuna's check is private)."""
+    try:
+        return bool(dist._contains(dist.to_internal_repr(value)))
+    except (TypeError, ValueError):
+        return False
+
+
+def ask_with_fixed_params(
+    study: optuna.Study, fixed: dict[str, object], dists: dict[str, BaseDistribution]
+) -> optuna.Trial:
+    """A new RUNNING trial whose ``fixed`` params are set and whose others the sampler chooses.
+
+    What ``enqueue_trial(fixed)`` + ``ask()`` do, without the queue: a WAITING trial could be
+    popped by another worker's ``ask``. The trial is created RUNNING with Optuna's own
+    ``fixed_params`` system attr, which ``Trial`` honours when it suggests.
+    """
+    storage = storage_of(study)
+    template = FrozenTrial(
+        number=-1,
+        state=TrialState.RUNNING,
+        value=None,
+        values=None,
+        datetime_start=datetime.now(),
+        datetime_complete=None,
+        params={},
+        distributions={},
+        user_attrs={},
+        system_attrs={"fixed_params": fixed},
+        intermediate_values={},
+        trial_id=-1,
+    )
+    new_id = storage.create_new_trial(study_id_of(study), template_trial=template)
+    trial = optuna.Trial(study, new_id)
+    for name, dist in dists.items():
+        trial._suggest(name, dist)
+    return trial

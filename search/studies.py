@@ -16,22 +16,26 @@ from typing import Any
 
 import optuna
 import sqlalchemy as sa
-from optuna.storages._rdb import models as optuna_models
 from optuna.trial import TrialState
 from pydantic import ValidationError
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from models.errors import first_line
-from search.db import SlotRow, SlotState, StudyRow, StudyStatus
+from search.db import SlotRow, StudyRow
 from search.errors import StudyNotFoundError, StudyStateError
-from search.optuna_map import make_pruner, make_sampler
-from search.retry import SPEC_ATTR
+from search.optuna_map import distributions, make_pruner, make_sampler
+from search.retry import STUDY_ATTR
 from search.spec import StudySpec
-from search.storage import locked_transaction
-
-_TRIALS = optuna_models.TrialModel.__table__
-FINISHED_STATES = ("COMPLETE", "PRUNED")
+from search.states import SlotState, StudyStatus, TrialCounts
+from search.storage import (
+    TRIAL_HEARTBEATS,
+    TRIALS,
+    distribution_contains,
+    locked_transaction,
+    study_id_of,
+    trial_state_name,
+)
 
 
 @dataclass(frozen=True)
@@ -44,30 +48,6 @@ class Claim:
     spec: StudySpec
 
 
-@dataclass(frozen=True)
-class TrialCounts:
-    """Trials of a study by state, plus active slots."""
-
-    complete: int = 0
-    pruned: int = 0
-    fail: int = 0
-    running: int = 0
-    waiting: int = 0
-
-    @property
-    def finished(self) -> int:
-        return self.complete + self.pruned
-
-    def as_dict(self) -> dict[str, int]:
-        return {
-            "complete": self.complete,
-            "pruned": self.pruned,
-            "fail": self.fail,
-            "running": self.running,
-            "waiting": self.waiting,
-        }
-
-
 # --- create / read ------------------------------------------------------------------------------
 
 
@@ -76,11 +56,14 @@ def create_study(
 ) -> StudyRow:
     """Create the Optuna study and our row for a validated spec.
 
-    Raises StudyStateError if the name is taken. If our insert fails after Optuna's study was made,
-    Optuna's study is deleted again, so nothing is left half-written.
+    The spec's ``enqueue`` configurations, then ``warm_start``'s (the best of an earlier study),
+    are queued to be evaluated first. Raises StudyStateError if the name is taken,
+    StudyNotFoundError if the warm-start study does not exist. If anything fails after Optuna's
+    study was made, it is deleted again, so nothing is left half-written.
     """
     if _find_row(engine, spec.name) is not None:
         raise StudyStateError(f"a study named {spec.name!r} already exists")
+    seeds = [*spec.enqueue, *_warm_start_points(engine, storage, spec)]
     try:
         study = optuna.create_study(
             study_name=spec.name,
@@ -92,7 +75,9 @@ def create_study(
     except optuna.exceptions.DuplicatedStudyError:
         raise StudyStateError(f"a study named {spec.name!r} already exists") from None
     try:
-        study.set_user_attr(SPEC_ATTR, spec.to_json_dict())
+        study.set_metric_names([t.metric.value for t in spec.objective.targets])
+        for params in seeds:
+            study.enqueue_trial(params, user_attrs={"enqueued": True})
         with engine.begin() as conn:
             study_id = conn.execute(
                 sa.insert(StudyRow)
@@ -102,16 +87,55 @@ def create_study(
                     status=StudyStatus.QUEUED.value,
                     status_reason="",
                     owner=owner,
-                    optuna_study_id=study._study_id,
+                    optuna_study_id=study_id_of(study),
                 )
                 .returning(StudyRow.id)
             ).scalar_one()
+        study.set_user_attr(
+            STUDY_ATTR,
+            {
+                "study_id": study_id,
+                "objective": spec.objective.metric.value,
+                "link": f"/api/v1/studies/{study_id}",
+                "retries": spec.retries,
+            },
+        )
     except BaseException as exc:
         optuna.delete_study(study_name=spec.name, storage=storage)
         if isinstance(exc, IntegrityError):
             raise StudyStateError(f"a study named {spec.name!r} already exists") from None
         raise
     return get_study_row(engine, study_id)
+
+
+def _warm_start_points(
+    engine: Engine, storage: optuna.storages.BaseStorage, spec: StudySpec
+) -> list[dict[str, Any]]:
+    """The searched params of the ``top_k`` best finished trials of ``warm_start.from_study``,
+    keeping only values inside this study's search space (a trial outside it is skipped)."""
+    if spec.warm_start is None:
+        return []
+    source = get_study_row(engine, spec.warm_start.from_study)
+    sign = 1.0 if spec_of(source).directions[0] == "maximize" else -1.0
+    complete = storage.get_all_trials(
+        source.optuna_study_id, deepcopy=False, states=(TrialState.COMPLETE,)
+    )
+    ranked = sorted(
+        (t for t in complete if t.values and t.user_attrs.get("status") == "ok"),
+        key=lambda t: -sign * t.values[0],
+    )
+    dists = distributions(spec)
+    points: list[dict[str, Any]] = []
+    for trial in ranked:
+        point = {k: v for k, v in trial.params.items() if k in dists}
+        if (
+            all(distribution_contains(dists[k], v) for k, v in point.items())
+            and point not in points
+        ):
+            points.append(point)
+        if len(points) == spec.warm_start.top_k:
+            break
+    return points
 
 
 def _find_row(engine: Engine, name: str) -> StudyRow | None:
@@ -163,12 +187,11 @@ def spec_of(row: StudyRow) -> StudySpec:
 def trial_counts(conn: Connection, optuna_study_id: int) -> TrialCounts:
     """Optuna's trials of a study by state, read in the caller's transaction."""
     rows = conn.execute(
-        sa.select(_TRIALS.c.state, sa.func.count())
-        .where(_TRIALS.c.study_id == optuna_study_id)
-        .group_by(_TRIALS.c.state)
+        sa.select(TRIALS.c.state, sa.func.count())
+        .where(TRIALS.c.study_id == optuna_study_id)
+        .group_by(TRIALS.c.state)
     ).all()
-    by_state = {(s.name if hasattr(s, "name") else str(s)).lower(): n for s, n in rows}
-    return TrialCounts(**{k: v for k, v in by_state.items() if k in TrialCounts.__annotations__})
+    return TrialCounts(**{trial_state_name(state): n for state, n in rows})
 
 
 def counts_for(engine: Engine, optuna_study_id: int) -> TrialCounts:
@@ -262,7 +285,7 @@ def claim_slot(
     for study_id in study_ids:
         with locked_transaction(engine) as conn:
             row = _lock_study(conn, study_id)
-            if row is None or not StudyStatus(row.status).is_active:
+            if row is None or not StudyStatus(row.status).takes_trials:
                 continue
             try:
                 spec = StudySpec.model_validate(row.spec)
@@ -272,7 +295,7 @@ def claim_slot(
                 continue
             _release_stale_slots(conn, study_id, grace_period_s)
             active = _active_slots(conn, study_id)
-            if not _settle(conn, row, spec, active).is_active:
+            if not _settle(conn, row, spec, active).takes_trials:
                 continue
             finished = trial_counts(conn, row.optuna_study_id).finished
             max_parallel = spec.budget.max_parallel or spec.budget.n_trials
@@ -297,11 +320,14 @@ def claim_slot(
     return None
 
 
-def active_study_ids(engine: Engine, study_name: str | None = None) -> list[int]:
-    """Ids of queued/running studies, oldest first (optionally just the named one)."""
-    query = sa.select(StudyRow.id).where(
-        StudyRow.status.in_([StudyStatus.QUEUED.value, StudyStatus.RUNNING.value])
-    )
+def active_study_ids(
+    engine: Engine, study_name: str | None = None, claimable_only: bool = True
+) -> list[int]:
+    """Ids of studies that take trials now (queued/running), or with ``claimable_only=False``
+    of every study that has not ended (paused too); oldest first, optionally just the named one.
+    """
+    wanted = [s.value for s in StudyStatus if (s.takes_trials if claimable_only else s.is_active)]
+    query = sa.select(StudyRow.id).where(StudyRow.status.in_(wanted))
     if study_name is not None:
         query = query.where(StudyRow.name == study_name)
     with engine.connect() as conn:
@@ -364,8 +390,7 @@ def adopt_orphaned_trials(
     and its first heartbeat). The caller's own slot (claimed, not yet linked) does not count.
     Both clocks are the database's, as for Optuna's own heartbeats.
     """
-    trials = optuna_models.TrialModel.__table__
-    beats = optuna_models.TrialHeartbeatModel.__table__
+    trials, beats = TRIALS, TRIAL_HEARTBEATS
     try:
         with engine.begin() as conn:
             orphans = (
@@ -408,15 +433,36 @@ def fail_study(engine: Engine, study_id: int, reason: str) -> None:
 
 
 def cancel_study(engine: Engine, study: int | str) -> StudyRow:
-    """Stop a queued or running study: no new trials; running ones stop at the next epoch."""
+    """Stop a study that has not ended: no new trials; running ones stop at the next epoch."""
+    active = {s for s in StudyStatus if s.is_active}
+    return _change_status(engine, study, StudyStatus.CANCELLED, "cancelled by request", active)
+
+
+def pause_study(engine: Engine, study: int | str) -> StudyRow:
+    """Pause a queued or running study: no new trials; running ones finish and are counted."""
+    takes = {s for s in StudyStatus if s.takes_trials}
+    return _change_status(engine, study, StudyStatus.PAUSED, "paused by request", takes)
+
+
+def resume_study(engine: Engine, study: int | str) -> StudyRow:
+    """Let a paused study take trials again (running if it had started, else queued)."""
+    row = get_study_row(engine, study)
+    to = StudyStatus.RUNNING if row.started_at is not None else StudyStatus.QUEUED
+    return _change_status(engine, study, to, "resumed by request", {StudyStatus.PAUSED})
+
+
+def _change_status(
+    engine: Engine, study: int | str, to: StudyStatus, reason: str, allowed: set[StudyStatus]
+) -> StudyRow:
+    """Move a study from one of ``allowed`` to ``to``, under its lock; StudyStateError else."""
     row = get_study_row(engine, study)
     with locked_transaction(engine) as conn:
         locked = _lock_study(conn, row.id)
         if locked is None:
             raise StudyNotFoundError(f"no study {study!r}")
-        if not StudyStatus(locked.status).is_active:
+        if StudyStatus(locked.status) not in allowed:
             raise StudyStateError(f"study {row.name!r} is already {locked.status}")
-        _set_status(conn, row.id, StudyStatus.CANCELLED, "cancelled by request")
+        _set_status(conn, row.id, to, reason)
     return get_study_row(engine, row.id)
 
 
@@ -434,8 +480,8 @@ def delete_study(
         if locked is None:
             raise StudyNotFoundError(f"no study {study!r}")
         _release_stale_slots(conn, row.id, grace_period_s)
-        if locked.status == StudyStatus.RUNNING.value:
-            raise StudyStateError(f"study {row.name!r} is running; cancel it first")
+        if locked.status in (StudyStatus.RUNNING.value, StudyStatus.PAUSED.value):
+            raise StudyStateError(f"study {row.name!r} is {locked.status}; cancel it first")
         if _active_slots(conn, row.id) > 0:
             raise StudyStateError(f"study {row.name!r} still has a trial stopping; retry shortly")
         if locked.status == StudyStatus.QUEUED.value:  # no worker may claim it from here on

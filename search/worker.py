@@ -31,16 +31,20 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from models.device import resolve_device
 from models.errors import first_line
-from search.db import StudyStatus, WorkerRow
+from search.db import WorkerRow
 from search.objective import TrialOutcome, run_trial
 from search.optuna_map import distributions, make_pruner, make_sampler
 from search.retry import RetryFromSpec
 from search.spec import StudySpec
+from search.states import StudyStatus, TrialStatus, WorkerStatus
 from search.storage import (
     DEFAULT_GRACE_PERIOD_S,
     DEFAULT_HEARTBEAT_INTERVAL_S,
     get_engine,
     get_storage,
+    storage_of,
+    study_id_of,
+    trial_id_of,
 )
 from search.studies import (
     Claim,
@@ -164,7 +168,9 @@ class Worker:
             heartbeat.join(timeout=5)
             with contextlib.suppress(TRANSIENT_ERRORS):
                 self.update_worker_row(
-                    status="stopped", current_study_id=None, current_trial_number=None
+                    status=WorkerStatus.STOPPED.value,
+                    current_study_id=None,
+                    current_trial_number=None,
                 )
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
@@ -206,9 +212,12 @@ class Worker:
 
     def _should_exit(self, idle_since: float) -> bool:
         o = self.options
-        if o.exit_when_done and o.study_name and not active_study_ids(self.engine, o.study_name):
+        if o.exit_when_done and o.study_name and not self._still_active(o.study_name):
             return True
         return o.idle_exit_s is not None and time.monotonic() - idle_since >= o.idle_exit_s
+
+    def _still_active(self, study_name: str) -> bool:
+        return bool(active_study_ids(self.engine, study_name, claimable_only=False))
 
     def _sleep(self, seconds: float, even_when_stopping: bool = False) -> None:
         """Sleep in small steps; return early once a stop is requested, unless told not to."""
@@ -226,7 +235,7 @@ class Worker:
                     host=platform.node(),
                     pid=os.getpid(),
                     device=self.device,
-                    status="idle",
+                    status=WorkerStatus.IDLE.value,
                 )
             )
 
@@ -278,12 +287,12 @@ class Worker:
                 self._retry(lambda: fail_study(self.engine, claim.study_id, reason), "fail study")
                 return
             # Retried on its own: retrying the ask would leave the first trial orphaned.
-            self._retry(lambda: self.storage.record_heartbeat(trial._trial_id), "heartbeat")
-            self.current_trial_id = trial._trial_id
+            self._retry(lambda: self.storage.record_heartbeat(trial_id_of(trial)), "heartbeat")
+            self.current_trial_id = trial_id_of(trial)
             self._retry(lambda: set_slot_trial(self.engine, claim.slot_id, trial.number), "slot")
             self._retry(
                 lambda: self.update_worker_row(
-                    status="busy",
+                    status=WorkerStatus.BUSY.value,
                     current_study_id=claim.study_id,
                     current_trial_number=trial.number,
                 ),
@@ -294,7 +303,9 @@ class Worker:
             # Not told: another worker failed the trial as stale (and queued its retry).
             trial_state = outcome.state.name if told else TrialState.FAIL.name
             if retry and told:
-                frozen = self._retry(lambda: study._storage.get_trial(trial._trial_id), "read")
+                frozen = self._retry(
+                    lambda: storage_of(study).get_trial(trial_id_of(trial)), "read"
+                )
                 self._retry(lambda: RetryFromSpec()(study, frozen), "queue retry")
             self.trials_run += 1
         finally:
@@ -303,7 +314,9 @@ class Worker:
             self.current_slot_id = None
             self._retry(
                 lambda: self.update_worker_row(
-                    status="idle", current_study_id=None, current_trial_number=None
+                    status=WorkerStatus.IDLE.value,
+                    current_study_id=None,
+                    current_trial_number=None,
                 ),
                 "worker row",
             )
@@ -316,7 +329,7 @@ class Worker:
             pruner=make_pruner(claim.spec),
         )
         # Optuna only fails stale trials inside optimize(); with ask/tell we do it here.
-        adopt_orphaned_trials(self.engine, claim.study_id, study._study_id, claim.slot_id)
+        adopt_orphaned_trials(self.engine, claim.study_id, study_id_of(study), claim.slot_id)
         optuna.storages.fail_stale_trials(study)
         return study
 
@@ -344,25 +357,33 @@ class Worker:
                 raise WorkerStopped(str(self.stop_requested))
             return run_trial(claim.spec, trial, self.device, self.worker_id, cancelled), False
         except WorkerStopped as exc:
-            attrs = {"status": "interrupted", "reason": str(exc), "worker_id": self.worker_id}
+            attrs = {
+                "status": TrialStatus.INTERRUPTED,
+                "reason": str(exc),
+                "worker_id": self.worker_id,
+            }
             return TrialOutcome(TrialState.FAIL, None, attrs), True
         except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
             # The database went away mid-trial (a report, a prune check): the run cannot go on
             # without its intermediate values, but the configuration is not at fault: retry it.
             log.warning("trial %s lost the database: %s", trial.number, first_line(exc))
             reason = f"database unavailable during training: {first_line(exc)}"[:2000]
-            attrs = {"status": "interrupted", "reason": reason, "worker_id": self.worker_id}
+            attrs = {
+                "status": TrialStatus.INTERRUPTED,
+                "reason": reason,
+                "worker_id": self.worker_id,
+            }
             return TrialOutcome(TrialState.FAIL, None, attrs), True
         except optuna.exceptions.UpdateFinishedTrialError as exc:
             # Our heartbeats were late (an overloaded host, a long outage): another worker failed
             # the trial as stale and queued its retry. Stop training it; nothing left to tell.
             log.warning("trial %s was failed as stale meanwhile: %s", trial.number, exc)
-            attrs = {"status": "stale", "reason": str(exc), "worker_id": self.worker_id}
+            attrs = {"status": TrialStatus.STALE, "reason": str(exc), "worker_id": self.worker_id}
             return TrialOutcome(TrialState.FAIL, None, attrs), False
         except Exception as exc:  # a bug or bad data must not kill the worker: record it
             log.exception("trial %s raised", trial.number)
             attrs = {
-                "status": "error",
+                "status": TrialStatus.ERROR,
                 "reason": f"{type(exc).__name__}: {exc}"[:2000],
                 "worker_id": self.worker_id,
             }
@@ -373,10 +394,10 @@ class Worker:
     def _tell(self, study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome) -> bool:
         """Record the outcome; False if it could not be (the trial is then left to go stale and
         be retried, within the spec's retries)."""
-        storage = study._storage
+        storage = storage_of(study)
         try:
             for key, value in outcome.user_attrs.items():
-                storage.set_trial_user_attr(trial._trial_id, key, value)
+                storage.set_trial_user_attr(trial_id_of(trial), key, value)
             # skip_if_finished: it may have been failed as stale between the attrs and the tell.
             study.tell(trial, outcome.values, state=outcome.state, skip_if_finished=True)
         except optuna.exceptions.UpdateFinishedTrialError:

@@ -8,6 +8,19 @@ from typing import Any
 
 import httpx
 
+from search.results import BestResult, TrialSummary
+from search.states import TrialStateName
+from service.schemas import (
+    ImportancePublic,
+    InsightsPublic,
+    Order,
+    Page,
+    RegistryPublic,
+    SortKey,
+    StudyPublic,
+    StudySummary,
+    WorkerList,
+)
 from service.settings import Settings, get_settings
 
 
@@ -31,7 +44,7 @@ class ApiError(Exception):
 
 
 class Client:
-    """Methods mirror the API; study arguments accept an id or a name."""
+    """Methods mirror the API and return its models; study arguments accept an id or a name."""
 
     def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 30.0) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -81,71 +94,93 @@ class Client:
 
     # --- studies
 
-    def submit(self, spec: str | Mapping[str, Any]) -> dict[str, Any]:
+    def submit(self, spec: str | Mapping[str, Any]) -> StudyPublic:
         """Create a study from a spec: YAML/JSON text or a mapping."""
         if isinstance(spec, str):
             headers = {"Content-Type": "application/yaml"}  # JSON is YAML too
-            return self._request("POST", "/api/v1/studies", content=spec, headers=headers)
-        return self._request(
-            "POST",
-            "/api/v1/studies",
-            content=json.dumps(spec),
-            headers={"Content-Type": "application/json"},
-        )
+            body = self._request("POST", "/api/v1/studies", content=spec, headers=headers)
+        else:
+            headers = {"Content-Type": "application/json"}
+            body = self._request(
+                "POST", "/api/v1/studies", content=json.dumps(spec), headers=headers
+            )
+        return StudyPublic.model_validate(body)
 
-    def get(self, study: int | str) -> dict[str, Any]:
-        return self._request("GET", f"/api/v1/studies/{self.study_id(study)}")
+    def get(self, study: int | str) -> StudyPublic:
+        return StudyPublic.model_validate(self._request("GET", self._path(study)))
 
-    def list(self, status: str | None = None, offset: int = 0, limit: int = 50) -> dict[str, Any]:
+    def list_studies(
+        self, status: str | None = None, offset: int = 0, limit: int = 50
+    ) -> Page[StudySummary]:
         params = {"offset": offset, "limit": limit} | ({"status": status} if status else {})
-        return self._request("GET", "/api/v1/studies", params=params)
+        body = self._request("GET", "/api/v1/studies", params=params)
+        return Page[StudySummary].model_validate(body)
 
     def trials(
         self,
         study: int | str,
-        state: str | None = None,
-        sort: str = "number",
-        order: str = "asc",
+        state: TrialStateName | None = None,
+        sort: SortKey = SortKey.NUMBER,
+        order: Order = Order.ASC,
         offset: int = 0,
         limit: int = 500,
-    ) -> dict[str, Any]:
-        params = {"sort": sort, "order": order, "offset": offset, "limit": limit}
+    ) -> Page[TrialSummary]:
+        params: dict[str, Any] = {"sort": sort, "order": order, "offset": offset, "limit": limit}
         if state:
-            params["state"] = state
-        return self._request("GET", f"/api/v1/studies/{self.study_id(study)}/trials", params=params)
+            params["state"] = state.value
+        body = self._request("GET", f"{self._path(study)}/trials", params=params)
+        return Page[TrialSummary].model_validate(body)
 
-    def all_trials(self, study: int | str, **filters: Any) -> list[dict[str, Any]]:
+    def all_trials(
+        self,
+        study: int | str,
+        state: TrialStateName | None = None,
+        sort: SortKey = SortKey.NUMBER,
+        order: Order = Order.ASC,
+    ) -> list[TrialSummary]:
         """Every trial, page by page."""
         study_id, offset, items = self.study_id(study), 0, []
         while True:
-            page = self.trials(study_id, offset=offset, **filters)
-            items.extend(page["items"])
-            offset += len(page["items"])
-            if not page["items"] or offset >= page["total"]:
+            page = self.trials(study_id, state, sort, order, offset=offset)
+            items.extend(page.items)
+            offset += len(page.items)
+            if not page.items or offset >= page.total:
                 return items
 
-    def best(self, study: int | str) -> dict[str, Any]:
-        return self._request("GET", f"/api/v1/studies/{self.study_id(study)}/best")
+    def best(self, study: int | str) -> BestResult:
+        return BestResult.model_validate(self._request("GET", f"{self._path(study)}/best"))
 
-    def importance(self, study: int | str) -> dict[str, Any]:
-        return self._request("GET", f"/api/v1/studies/{self.study_id(study)}/importance")
+    def importance(self, study: int | str) -> ImportancePublic:
+        body = self._request("GET", f"{self._path(study)}/importance")
+        return ImportancePublic.model_validate(body)
 
-    def insights(self, study: int | str) -> dict[str, Any]:
-        return self._request("GET", f"/api/v1/studies/{self.study_id(study)}/insights")
+    def insights(self, study: int | str) -> InsightsPublic:
+        body = self._request("GET", f"{self._path(study)}/insights")
+        return InsightsPublic.model_validate(body)
 
-    def cancel(self, study: int | str) -> dict[str, Any]:
-        return self._request("POST", f"/api/v1/studies/{self.study_id(study)}/cancel")
+    def cancel(self, study: int | str) -> StudyPublic:
+        return StudyPublic.model_validate(self._request("POST", f"{self._path(study)}/cancel"))
+
+    def pause(self, study: int | str) -> StudyPublic:
+        return StudyPublic.model_validate(self._request("POST", f"{self._path(study)}/pause"))
+
+    def resume(self, study: int | str) -> StudyPublic:
+        return StudyPublic.model_validate(self._request("POST", f"{self._path(study)}/resume"))
 
     def delete(self, study: int | str) -> None:
-        self._request("DELETE", f"/api/v1/studies/{self.study_id(study)}")
+        self._request("DELETE", self._path(study))
+
+    def _path(self, study: int | str) -> str:
+        return f"/api/v1/studies/{self.study_id(study)}"
 
     # --- system
 
-    def workers(self, include_dead: bool = False) -> dict[str, Any]:
-        return self._request("GET", "/api/v1/workers", params={"all": include_dead})
+    def workers(self, include_dead: bool = False) -> WorkerList:
+        body = self._request("GET", "/api/v1/workers", params={"all": include_dead})
+        return WorkerList.model_validate(body)
 
-    def registry(self) -> dict[str, Any]:
-        return self._request("GET", "/api/v1/registry")
+    def registry(self) -> RegistryPublic:
+        return RegistryPublic.model_validate(self._request("GET", "/api/v1/registry"))
 
     def health(self) -> dict[str, Any]:
-        return self._request("GET", "/healthz")
+        return dict(self._request("GET", "/healthz"))

@@ -14,16 +14,12 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, SQLAlchemyError
 
 from models.errors import ConfigError, first_line
-from search.errors import StudyNotFoundError, StudyStateError
+from search.errors import NotFoundError, StudyNotFoundError, StudyStateError
 from service.auth import AuthError
 
 log = logging.getLogger("bnsweep.api")
 
 DATABASE_ERRORS = (SQLAlchemyError, optuna.exceptions.StorageInternalError)
-
-
-class NotFoundError(LookupError):
-    """Something other than a study is missing (e.g. no best trial yet)."""
 
 
 def spec_error_body(exc: ConfigError) -> dict:

@@ -11,17 +11,16 @@ from collections.abc import Iterator
 from datetime import timedelta
 
 import sqlalchemy as sa
-from optuna.storages._rdb import models as optuna_models
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy.engine import Engine
 
-from search.db import StudyRow, StudyStatus, WorkerRow
+from search.db import StudyRow, WorkerRow
+from search.states import StudyStatus, TrialStateName
+from search.storage import TRIALS, trial_state_name
 from service.workers import live_worker_filter
 
-_TRIALS = optuna_models.TrialModel.__table__
-TRIAL_STATES = ("running", "waiting", "complete", "pruned", "fail")
 DURATION_BUCKETS_S = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
 
 
@@ -40,15 +39,15 @@ class DatabaseCollector(Collector):
                 ).all()
             )
             trials = {
-                (s.name if hasattr(s, "name") else str(s)).lower(): n
+                trial_state_name(s): n
                 for s, n in conn.execute(
-                    sa.select(_TRIALS.c.state, sa.func.count()).group_by(_TRIALS.c.state)
+                    sa.select(TRIALS.c.state, sa.func.count()).group_by(TRIALS.c.state)
                 ).all()
             }
             # Durations are computed here, not in SQL: timestamp arithmetic differs per dialect.
             spans = conn.execute(
-                sa.select(_TRIALS.c.datetime_start, _TRIALS.c.datetime_complete).where(
-                    _TRIALS.c.datetime_start.is_not(None), _TRIALS.c.datetime_complete.is_not(None)
+                sa.select(TRIALS.c.datetime_start, TRIALS.c.datetime_complete).where(
+                    TRIALS.c.datetime_start.is_not(None), TRIALS.c.datetime_complete.is_not(None)
                 )
             ).all()
             workers = conn.execute(
@@ -62,8 +61,8 @@ class DatabaseCollector(Collector):
             g.add_metric([status.value], studies.get(status.value, 0))
         yield g
         g = GaugeMetricFamily("bnsweep_trials", "Optuna trials by state", labels=["state"])
-        for state in TRIAL_STATES:
-            g.add_metric([state], trials.get(state, 0))
+        for state in TrialStateName:
+            g.add_metric([state.value], trials.get(state.value, 0))
         yield g
         yield _histogram([(end - start) for start, end in spans])
         yield GaugeMetricFamily(

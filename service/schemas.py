@@ -6,23 +6,28 @@ Timestamps are UTC; SQLite returns naive datetimes, which are marked UTC here.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import BaseModel, Field
 
-from search.db import StudyRow, StudyStatus
-from search.studies import TrialCounts
+from search.results import BestResult, TrialSummary, UtcDatetime
+from search.states import StudyStatus, TrialCounts, WorkerStatus
 
+if TYPE_CHECKING:
+    from search.db import StudyRow
 
-def _as_utc(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
-
-
-UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
 T = TypeVar("T")
+
+
+class SortKey(StrEnum):
+    NUMBER = "number"
+    VALUE = "value"
+
+
+class Order(StrEnum):
+    ASC = "asc"
+    DESC = "desc"
 
 
 class Page(BaseModel, Generic[T]):
@@ -116,27 +121,8 @@ class StudyPublic(StudySummary):
 # --- trials and results ---------------------------------------------------------------------------
 
 
-class TrialPublic(BaseModel):
-    number: int
-    state: str
-    values: list[float] | None
-    params: dict[str, Any]
-    user_attrs: dict[str, Any]
-    datetime_start: UtcDatetime | None
-    datetime_complete: UtcDatetime | None
-    duration_seconds: float | None
-
-
-class BestPublic(BaseModel):
-    """The best trial with a config ready for ``bnsweep train --config``."""
-
-    trial_number: int
-    values: list[float]
-    objectives: list[dict[str, str]]
-    params: dict[str, Any]
-    metrics: dict[str, Any]
-    config: dict[str, Any]
-    pareto_front: list[TrialPublic] | None
+TrialPublic = TrialSummary
+BestPublic = BestResult
 
 
 class ImportancePublic(BaseModel):
@@ -174,7 +160,7 @@ class WorkerPublic(BaseModel):
     host: str
     pid: int
     device: str
-    status: str
+    status: WorkerStatus
     alive: bool
     current_study_id: int | None
     current_trial_number: int | None
@@ -187,6 +173,9 @@ class WorkerList(BaseModel):
 
 
 class RegistryPublic(BaseModel):
+    settings: dict[str, dict[str, Any]] = Field(
+        description="training settings by spec name: JSON Schema, help, unit, home"
+    )
     models: list[dict[str, Any]]
     datasets: list[dict[str, Any]]
     samplers: list[str]

@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from search.spec import Limits
+from search.limits import Limits
 
 
 class Settings(BaseSettings):

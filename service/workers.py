@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from search.db import WorkerRow
+from search.states import WorkerStatus
 from service.schemas import WorkerPublic
 
 
@@ -15,7 +16,9 @@ def live_worker_filter(conn: Connection, grace_period_s: float) -> sa.ColumnElem
     """A WHERE clause for live workers; the threshold uses the database's clock, as workers do."""
     now = conn.execute(sa.select(sa.func.now())).scalar_one()
     threshold = now - timedelta(seconds=grace_period_s)
-    return sa.and_(WorkerRow.status != "stopped", WorkerRow.heartbeat_at >= threshold)
+    return sa.and_(
+        WorkerRow.status != WorkerStatus.STOPPED.value, WorkerRow.heartbeat_at >= threshold
+    )
 
 
 def list_workers(engine: Engine, grace_period_s: float, include_dead: bool) -> list[WorkerPublic]:

@@ -7,8 +7,9 @@ from fastapi import APIRouter, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
+from models.config import SETTINGS
 from models.registry import DATASETS, MODELS
-from search.optuna_map import PRUNERS, SAMPLERS
+from search.samplers import PRUNERS, SAMPLERS
 from service.deps import EngineDep, SettingsDep
 from service.schemas import ErrorBody, Health, RegistryPublic, WorkerList
 from service.workers import list_workers
@@ -29,9 +30,14 @@ def workers(
 
 @api.get("/registry")
 def registry() -> RegistryPublic:
-    """What a spec can name: models, datasets (with their params), samplers and pruners."""
+    """What a spec can name: models, datasets (with their params as JSON Schema), samplers,
+    pruners, and every training setting (type, bounds, unit, where a spec sets it)."""
     return RegistryPublic(
-        models=MODELS.describe(), datasets=DATASETS.describe(), samplers=SAMPLERS, pruners=PRUNERS
+        settings={info.spec_name: info.describe() for info in SETTINGS.values()},
+        models=MODELS.describe(),
+        datasets=DATASETS.describe(),
+        samplers=list(SAMPLERS),
+        pruners=list(PRUNERS),
     )
 
 

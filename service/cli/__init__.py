@@ -1,7 +1,8 @@
-"""The ``bnsweep`` command line.
+"""The ``bnsweep`` command line: the command modules' Typer apps, combined here.
 
-Every command lives in a small module of this package and registers itself on ``app``. Errors a user
-can fix (bad flags, bad spec, unknown names) end with exit code 2 and one line on stderr.
+Errors a user can fix (bad flags, bad spec, unknown names, an API error) end with exit code 2
+and one line on stderr. Command modules import only what their commands need, when they run:
+`bnsweep --help` and the API commands start without torch, Optuna or SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import sys
 import click
 import typer
 
-from models.errors import ConfigError
+from service.cli import keys, local, serve, studies, train
 
 try:  # typer >= 0.2x vendors its own copy of click: its exceptions are not click's
     from typer._click import exceptions as _typer_click
@@ -29,30 +30,24 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-
-# Error types that mean "the user's input is wrong": exit 2 with one line. Other packages append
-# their own (e.g. search.errors.SpecError) when their command modules are imported.
-USER_ERRORS: list[type[BaseException]] = [ConfigError]
-
-
-def fail(message: str) -> typer.Exit:
-    """Print one error line and return the exit (code 2) to raise."""
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(2)
+for sub in (train.app, local.app, serve.app, studies.app):
+    app.add_typer(sub)
+app.add_typer(keys.app, name="keys")
 
 
-def _register_commands() -> None:
-    """Import the command modules; each registers its commands on ``app`` (here, not at the top:
-    they import this module)."""
-    import importlib
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The error types that mean "the user's input is wrong" (exit 2, one line). Imported when an
+    error happens, not at start-up: they live in modules most commands never load."""
+    from models.errors import ConfigError
+    from search.errors import NotFoundError, StudyNotFoundError, StudyStateError
+    from service.auth import ApiKeyError
+    from service.client import ApiError
 
-    for module in ("train", "search_cmds", "api_cmds"):
-        importlib.import_module(f"service.cli.{module}")
+    return (ConfigError, NotFoundError, StudyNotFoundError, StudyStateError, ApiError, ApiKeyError)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
-    _register_commands()
     try:
         # Without standalone mode an Exit raised by a command comes back as its return value.
         code = app(args=argv, standalone_mode=False)
@@ -63,7 +58,9 @@ def main(argv: list[str] | None = None) -> None:
     except _USAGE_ERRORS as exc:
         typer.echo(f"error: {exc.format_message()}", err=True)
         sys.exit(2)
-    except tuple(USER_ERRORS) as exc:
+    except Exception as exc:
+        if not isinstance(exc, user_errors()):
+            raise
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
     if isinstance(code, int) and code:

@@ -1,30 +1,35 @@
-"""``bnsweep train``: one training run from flags and/or a YAML file of TrainConfig fields."""
+"""``bnsweep train``: one training run from flags and/or a YAML file of TrainConfig fields.
+
+The setting flags are derived from TrainConfig's declaration (models/config.py): one flag per
+setting (``--batch-size``; extra names such as ``--lr`` where declared), typed and with the
+setting's help and unit. Values are checked by TrainConfig itself, like everywhere else.
+"""
 
 from __future__ import annotations
 
-import json
+import inspect
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-import yaml
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from models.config import EpochMetrics, TrainConfig, TrainResult
-from models.data import load_dataset
-from models.device import resolve_device
-from models.errors import ConfigError
-from models.train import train
-from models.validate import check_config, config_from_dict
-from service.cli import app
+from models.config import SETTINGS, Kind, SettingInfo
 
+if TYPE_CHECKING:
+    from models.config import TrainConfig
+    from models.data import Dataset
+
+app = typer.Typer()
 Opt = typer.Option
+_MAPPINGS = ("model_params", "dataset_params")  # given as repeated --model-param key=value
 
 
 def _key_values(items: list[str] | None, field: str) -> dict[str, Any]:
     """``key=value`` pairs; values read as YAML (``5``, ``0.1``, ``true``, ``[1,8,8]``)."""
+    import yaml
+
+    from models.errors import ConfigError
+
     out: dict[str, Any] = {}
     for item in items or []:
         key, sep, raw = item.partition("=")
@@ -38,6 +43,10 @@ def _key_values(items: list[str] | None, field: str) -> dict[str, Any]:
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:
+    import yaml
+
+    from models.errors import ConfigError
+
     try:
         loaded = yaml.safe_load(path.read_text())
     except OSError as exc:
@@ -51,86 +60,50 @@ def _read_config_file(path: Path) -> dict[str, Any]:
     return loaded
 
 
-@app.command("train")
+def _flag(info: SettingInfo) -> inspect.Parameter:
+    """The typer option of one setting, from its declaration."""
+    name = "--" + info.name.replace("_", "-")
+    help_text = info.setting.help + (f" [{info.setting.unit}]" if info.setting.unit else "")
+    if info.kind is Kind.CATEGORICAL and info.choices == (False, True):
+        py_type: Any = bool | None
+        names: tuple[str, ...] = (f"{name}/--no-{name[2:]}",)
+    else:
+        py_type = {Kind.INT: int, Kind.FLOAT: float}.get(info.kind, str) | None
+        names = (*info.setting.flags, name)
+        if info.choices:
+            help_text += f" ({' | '.join(info.choices)})"
+    return inspect.Parameter(
+        info.name,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[py_type, Opt(*names, help=help_text)],
+    )
+
+
 def train_command(
-    config_file: Annotated[
-        Path | None, Opt("--config", help="YAML mapping of TrainConfig fields.")
-    ] = None,
-    model: Annotated[str | None, Opt(help="Registered model name.")] = None,
-    model_param: Annotated[
-        list[str] | None, Opt("--model-param", help="Model parameter key=value (repeatable).")
-    ] = None,
-    dataset: Annotated[str | None, Opt(help="Registered dataset name.")] = None,
-    dataset_param: Annotated[
-        list[str] | None, Opt("--dataset-param", help="Dataset parameter key=value (repeatable).")
-    ] = None,
-    batch_size: Annotated[int | None, Opt(help="Batch size.")] = None,
-    learning_rate: Annotated[
-        float | None, Opt("--lr", "--learning-rate", help="Learning rate (see --lr-scaling).")
-    ] = None,
-    lr_scaling: Annotated[
-        bool | None, Opt("--lr-scaling/--no-lr-scaling", help="lr * batch_size / 256.")
-    ] = None,
-    optimizer: Annotated[str | None, Opt(help="sgd | adamw.")] = None,
-    momentum: Annotated[float | None, Opt(help="Optimizer momentum (AdamW beta1).")] = None,
-    nesterov: Annotated[bool | None, Opt("--nesterov/--no-nesterov")] = None,
-    weight_decay: Annotated[float | None, Opt(help="Weight decay.")] = None,
-    epochs: Annotated[int | None, Opt(help="Epochs.")] = None,
-    schedule: Annotated[str | None, Opt(help="constant | cosine | warmup_cosine.")] = None,
-    warmup_epochs: Annotated[float | None, Opt(help="Warm-up epochs (warmup_cosine).")] = None,
-    bn_placement: Annotated[
-        str | None, Opt(help="before_activation | after_activation | none | pre_activation.")
-    ] = None,
-    bn_momentum: Annotated[float | None, Opt(help="BN momentum, PyTorch convention.")] = None,
-    bn_eps: Annotated[float | None, Opt(help="BN epsilon.")] = None,
-    ghost_batch_size: Annotated[int | None, Opt(help="Ghost (virtual) batch size.")] = None,
-    precise_bn_batches: Annotated[
-        int | None, Opt(help="Batches for precise BN statistics (0 = off).")
-    ] = None,
-    init: Annotated[str | None, Opt(help="kaiming | xavier | normal.")] = None,
-    init_std: Annotated[float | None, Opt(help="Std of init=normal.")] = None,
-    seed: Annotated[int | None, Opt(help="Seed.")] = None,
-    device: Annotated[str | None, Opt(help="auto | cpu | cuda | cuda:N.")] = None,
-    bf16: Annotated[bool | None, Opt("--bf16/--no-bf16", help="bf16 autocast (CUDA).")] = None,
-    data_dir: Annotated[
-        Path | None, Opt(help="Data directory (default $BNSWEEP_DATA_DIR or ./data).")
-    ] = None,
-    as_json: Annotated[bool, Opt("--json", help="Print the result as JSON.")] = False,
+    config_file: Path | None = None,
+    model_param: list[str] | None = None,
+    dataset_param: list[str] | None = None,
+    data_dir: Path | None = None,
+    as_json: bool = False,
+    **settings: Any,
 ) -> None:
     """Train one model and print its per-epoch metrics and test accuracy."""
+    from models.config import TrainConfig
+    from models.data import load_dataset
+    from models.device import resolve_device
+    from models.errors import ConfigError
+    from models.validate import check_config
+
     values = _read_config_file(config_file) if config_file else {}
-    flags = {
-        "model": model,
-        "dataset": dataset,
-        "batch_size": batch_size,
-        "learning_rate": learning_rate,
-        "lr_scaling": lr_scaling,
-        "optimizer": optimizer,
-        "momentum": momentum,
-        "nesterov": nesterov,
-        "weight_decay": weight_decay,
-        "epochs": epochs,
-        "schedule": schedule,
-        "warmup_epochs": warmup_epochs,
-        "bn_placement": bn_placement,
-        "bn_momentum": bn_momentum,
-        "bn_eps": bn_eps,
-        "ghost_batch_size": ghost_batch_size,
-        "precise_bn_batches": precise_bn_batches,
-        "init": init,
-        "init_std": init_std,
-        "seed": seed,
-        "device": device,
-        "bf16": bf16,
-    }
-    values.update({k: v for k, v in flags.items() if v is not None})  # flags override the file
+    values.update({k: v for k, v in settings.items() if v is not None})  # flags override the file
     for field, items in (("model_params", model_param), ("dataset_params", dataset_param)):
         if items:
             base = values.get(field) or {}
             if not isinstance(base, dict):
                 raise ConfigError(field, "must be a mapping")
             values[field] = {**base, **_key_values(items, field)}
-    config = config_from_dict(values)
+    config = TrainConfig.from_dict(values)
     check_config(config)  # fail before loading any data
     data = load_dataset(
         config.dataset,
@@ -139,12 +112,70 @@ def train_command(
         data_dir=data_dir,
     )
     if as_json:
+        import json
+
+        from models.train import train
+
         typer.echo(json.dumps(train(config, data).to_dict(), indent=2))
         return
     _train_with_progress(config, data)
 
 
-def _train_with_progress(config: TrainConfig, data: Any) -> None:
+_FIXED_OPTIONS = [
+    inspect.Parameter(
+        "config_file",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[
+            Path | None,
+            Opt("--config", help="YAML mapping of TrainConfig fields (`bnsweep best --yaml`)."),
+        ],
+    ),
+    *(_flag(info) for info in SETTINGS.values() if info.name not in _MAPPINGS),
+    inspect.Parameter(
+        "model_param",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[
+            list[str] | None, Opt("--model-param", help="Model parameter key=value (repeatable).")
+        ],
+    ),
+    inspect.Parameter(
+        "dataset_param",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[
+            list[str] | None,
+            Opt("--dataset-param", help="Dataset parameter key=value (repeatable)."),
+        ],
+    ),
+    inspect.Parameter(
+        "data_dir",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[
+            Path | None, Opt(help="Data directory (default $BNSWEEP_DATA_DIR or ./data).")
+        ],
+    ),
+    inspect.Parameter(
+        "as_json",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=False,
+        annotation=Annotated[bool, Opt("--json", help="Print the result as JSON.")],
+    ),
+]
+train_command.__signature__ = inspect.Signature(_FIXED_OPTIONS)  # type: ignore[attr-defined]
+app.command("train")(train_command)
+
+
+def _train_with_progress(config: TrainConfig, data: Dataset) -> None:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from models.config import EpochMetrics
+    from models.train import train
+
     console = Console()
     table = Table(title=f"{config.model} on {config.dataset}")
     for column in ("epoch", "train loss", "val loss", "val acc", "s", "samples/s"):
@@ -173,10 +204,7 @@ def _train_with_progress(config: TrainConfig, data: Any) -> None:
     with progress:
         result = train(config, data, on_epoch)
     console.print(table)
-    _print_summary(console, result)
 
-
-def _print_summary(console: Console, result: TrainResult) -> None:
     def pct(value: float | None) -> str:
         return "-" if value is None else f"{100 * value:.2f}%"
 

@@ -138,7 +138,7 @@ def test_dataset_paths_must_stay_inside_the_data_directory(data_dir: Path, path:
 
 def test_data_dir_defaults_to_the_environment_variable(data_dir: Path) -> None:
     write_idx(data_dir / "mnist", gz=True)
-    assert train_size("mnist", {"val_fraction": 0.5}) == 10
+    assert load_dataset("mnist", {"val_fraction": 0.5}).x_train.shape[0] == 10
 
 
 def test_dataset_is_cached_per_process_and_moved_once() -> None:
@@ -182,7 +182,7 @@ def test_unknown_dataset_lists_known_names_and_bad_params_name_the_field() -> No
     assert err.value.field == "dataset.params.colour"
     with pytest.raises(ConfigError) as err:
         load_dataset("synthetic", {"shape": [4, True]})
-    assert err.value.field == "dataset.params.shape"
+    assert err.value.field == "dataset.params.shape.1"
     with pytest.raises(ConfigError) as err:
         load_dataset("mnist1d", {"num_samples": "many"})
     assert err.value.field == "dataset.params.num_samples"
@@ -199,6 +199,22 @@ def test_unknown_dataset_lists_known_names_and_bad_params_name_the_field() -> No
 )
 def test_declared_train_size_matches_the_built_dataset(name, params) -> None:
     assert train_size(name, params) == load_dataset(name, params).x_train.shape[0]
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "size"),
+    [
+        ("cifar10", {}, 45_000),
+        ("cifar10", {"limit": 1000, "val_fraction": 0.2}, 800),
+        ("mnist", {}, 54_000),
+        ("fashion_mnist", {"limit": 100_000}, 54_000),
+    ],
+)
+def test_file_datasets_declare_their_standard_size_without_any_file(
+    data_dir: Path, name: str, params: dict, size: int
+) -> None:
+    assert not any(data_dir.iterdir())
+    assert train_size(name, params) == size
 
 
 def test_oversized_synthetic_data_is_refused_before_anything_is_built() -> None:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 PLUGIN_MODULE = """
+from models.data import train_size
 from models.registry import DATASETS, MODELS
 
 
@@ -21,7 +22,11 @@ def tiny_linear(input_shape, num_classes, norm):
     return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), num_classes))
 
 
-@DATASETS.register("plugin_data", description="a dataset from a plug-in")
+@DATASETS.register(
+    "plugin_data",
+    description="a dataset from a plug-in",
+    train_size=lambda _: train_size("synthetic", {"n_samples": 200}),
+)
 def plugin_data(data_dir):
     entry = DATASETS.get("synthetic")
     return entry.builder(data_dir, **entry.resolve_params({"n_samples": 200}, "dataset.params"))

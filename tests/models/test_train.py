@@ -90,7 +90,7 @@ def test_every_model_trains_on_its_kind_of_input(
 
 def test_huge_learning_rate_ends_diverged_with_a_reason(tiny_config: TrainConfig) -> None:
     config = dataclasses.replace(
-        tiny_config, learning_rate=1e6, bn_placement="none", schedule="constant", epochs=5
+        tiny_config, learning_rate=1000.0, bn_placement="none", schedule="constant", epochs=5
     )
     result = train(config)
     assert result.status is TrainStatus.DIVERGED

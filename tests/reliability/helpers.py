@@ -22,7 +22,7 @@ import optuna
 import sqlalchemy as sa
 from optuna.trial import TrialState
 
-from search.db import StudyStatus
+from search.states import StudyStatus
 from search.storage import get_engine, get_storage
 from search.studies import get_study_row
 from tests.support import worker_env

@@ -15,7 +15,8 @@ import pytest
 import sqlalchemy as sa
 from optuna.trial import TrialState
 
-from search.db import StudyStatus, WorkerRow
+from search.db import WorkerRow
+from search.states import StudyStatus
 from search.storage import (
     DEFAULT_GRACE_PERIOD_S,
     WORKER_POOL_SIZE,

@@ -9,7 +9,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 
 from search.errors import SpecError
 from search.optuna_map import distributions, grid_search_space, make_pruner, make_sampler
-from search.spec import Limits, parse_spec, parse_spec_text
+from search.validate import Limits, parse_spec, parse_spec_text
 
 BASE: dict[str, Any] = {
     "name": "s",
@@ -43,7 +43,7 @@ INVALID: list[tuple[dict[str, Any], str, str]] = [
     (
         {"search_space": {"bn_placement": "sideways"}},
         "search_space.bn_placement",
-        "must be one of ['before_activation', 'after_activation', 'none', 'pre_activation'], "
+        "must be one of 'before_activation', 'after_activation', 'none' or 'pre_activation', "
         "got 'sideways'",
     ),
     (
@@ -68,7 +68,11 @@ INVALID: list[tuple[dict[str, Any], str, str]] = [
         "search_space.learning_rate",
         "must be a finite number",
     ),
-    ({"search_space": {"colour": 1}}, "search_space.colour", "Extra inputs are not permitted"),
+    (
+        {"search_space": {"colour": 1}},
+        "search_space.colour",
+        "unknown setting; known: batch_size, learning_rate, lr_scaling, optimizer, momentum, ",
+    ),
     (
         {"dataset": {"name": "imagenet"}},
         "dataset.name",
@@ -81,7 +85,11 @@ INVALID: list[tuple[dict[str, Any], str, str]] = [
         "model.params.width",
         "must be of type int, got 'wide'",
     ),
-    ({"sampler": {"name": "annealing"}}, "sampler.name", "Input should be 'tpe', 'random', "),
+    (
+        {"sampler": {"name": "annealing"}},
+        "sampler.name",
+        "must be one of tpe, random, grid, cmaes, gp, qmc, nsga2, got 'annealing'",
+    ),
     (
         {"sampler": {"name": "grid"}},
         "search_space.learning_rate",
@@ -105,8 +113,8 @@ INVALID: list[tuple[dict[str, Any], str, str]] = [
     ),
     ({"budget": {"n_trials": 20_000}}, "budget.n_trials", "must be <= 10000 (server cap)"),
     ({"training": {"epochs": 5_000}}, "training.epochs", "must be <= 1000 (server cap)"),
-    ({"training": {"epochs": -1}}, "training.epochs", "Input should be greater than or equal to 1"),
-    ({"budget": {"max_parallel": 0}}, "budget.max_parallel", "greater than or equal to 1"),
+    ({"training": {"epochs": -1}}, "training.epochs", "must be >= 1, got -1"),
+    ({"budget": {"max_parallel": 0}}, "budget.max_parallel", "must be >= 1, got 0"),
     (
         {"training": {"nesterov": True}, "search_space": {"momentum": {"low": 0, "high": 0.9}}},
         "training.nesterov",

@@ -8,8 +8,9 @@ import optuna
 import pytest
 import sqlalchemy as sa
 
-from search.db import StudyRow, StudyStatus
+from search.db import StudyRow
 from search.errors import StudyStateError
+from search.states import StudyStatus
 from search.storage import get_engine, get_storage
 from search.studies import cancel_study, claim_slot, delete_study, get_study_row, reap
 from tests.support import make_study, tiny_spec

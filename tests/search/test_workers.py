@@ -17,9 +17,9 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from search.db import StudyStatus
-from search.results import best_summary
+from search.results import best_result, best_trials
 from search.runner import run_study
+from search.states import StudyStatus
 from search.storage import get_engine, get_storage
 from search.studies import cancel_study, get_study_row
 from search.worker import Worker, WorkerOptions, slot_devices
@@ -317,9 +317,9 @@ def test_diverged_trial_is_never_on_the_pareto_front(sqlite_url, migrate):
     diverged = [t for t in study.trials if t.user_attrs["status"] == "diverged"]
     assert len(diverged) == 1
     assert diverged[0].values[1] > max(t.values[1] for t in study.trials if t not in diverged)
-    summary = best_summary(study, spec)
-    assert summary["params"]["learning_rate"] == 0.1
-    front = [t["number"] for t in summary["pareto_front"] or []] + [summary["trial_number"]]
+    summary = best_result(spec, best_trials(study))
+    assert summary is not None and summary.params["learning_rate"] == 0.1
+    front = [t.number for t in summary.pareto_front or []] + [summary.trial_number]
     assert diverged[0].number not in front
 
 

@@ -1,0 +1,82 @@
+"""``bnsweep serve``: migrate, then the API and the dashboard (and local workers)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import TYPE_CHECKING, Annotated, NoReturn
+
+import typer
+
+if TYPE_CHECKING:
+    from multiprocessing.process import BaseProcess
+
+    from service.settings import Settings
+
+app = typer.Typer()
+WORKER_STOP_TIMEOUT_S = 30.0
+
+
+def _raise_interrupt(*_: object) -> NoReturn:
+    raise KeyboardInterrupt
+
+
+def start_workers(settings: Settings, count: int, device: str) -> list[BaseProcess]:
+    """Start ``count`` local worker processes."""
+    from search.worker import WorkerOptions, spawn_workers
+
+    options = WorkerOptions(
+        storage_url=settings.database_url,
+        device=device,
+        heartbeat_interval_s=settings.heartbeat_interval_s,
+        grace_period_s=settings.grace_period_s,
+    )
+    return spawn_workers(options, [device] * count)
+
+
+def stop_workers(children: list[BaseProcess]) -> None:
+    """SIGTERM (a worker fails its trial for retry and exits), then kill what is left."""
+    for child in children:
+        if child.is_alive() and child.pid is not None:
+            os.kill(child.pid, signal.SIGTERM)
+    deadline = time.monotonic() + WORKER_STOP_TIMEOUT_S
+    for child in children:
+        child.join(max(0.0, deadline - time.monotonic()))
+        if child.is_alive():
+            child.kill()
+            child.join()
+
+
+@app.command()
+def serve(
+    workers: Annotated[int, typer.Option(min=0, help="Local worker processes to start")] = 0,
+    host: Annotated[str | None, typer.Option(help="Bind address (default BNSWEEP_HOST)")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default BNSWEEP_PORT)")] = None,
+    device: Annotated[str, typer.Option(help="Device of the local workers")] = "auto",
+) -> None:
+    """Migrate the database, then serve the API and the dashboard (and local workers)."""
+    import uvicorn
+
+    import migrations
+    from service.app import create_app
+    from service.settings import get_settings
+
+    settings = get_settings().model_copy(
+        update={k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    )
+    migrations.upgrade(settings.database_url)
+    # uvicorn re-raises SIGTERM after its graceful shutdown; with the default handler the process
+    # would die before the workers are stopped, so turn it into the same path as Ctrl-C.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    children = start_workers(settings, workers, device)
+    base = f"http://{settings.host}:{settings.port}"
+    auth = "on (writes need a key)" if settings.auth else "OFF"
+    typer.echo(f"bnsweep API docs: {base}/docs\nOptuna dashboard: {base}/dashboard")
+    typer.echo(f"database: {settings.database_url}; auth {auth}; local workers: {workers}")
+    try:
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop_workers(children)

@@ -1,0 +1,230 @@
+"""Commands on studies: submit, status, watch, trials, best, insights, importance, cancel, pause,
+resume, delete. Reads go through the API, or straight to a database with ``--storage``; both
+answer with the same models."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from service.cli.common import JsonOpt, StorageOpt, StudyArg, fail, print_json, study_progress_bar
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from service.client import Client
+    from service.direct import DatabaseClient
+    from service.schemas import InsightsPublic, StudyPublic
+
+app = typer.Typer()
+
+
+def api() -> Client:
+    """The HTTP client from ``BNSWEEP_API_URL`` / ``BNSWEEP_API_KEY``."""
+    from service.client import Client
+
+    return Client.from_settings()
+
+
+def reader(storage: str | None) -> Client | DatabaseClient:
+    """Where reads come from: the database at ``storage`` if given, else the API."""
+    if storage is None:
+        return api()
+    from service.direct import DatabaseClient
+
+    return DatabaseClient(storage)
+
+
+@app.command()
+def submit(
+    spec_file: Annotated[Path, typer.Argument(help="Study spec (YAML or JSON)")],
+) -> None:
+    """Submit a study spec to the API; prints the study id and its dashboard page."""
+    try:
+        text = spec_file.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise fail(f"cannot read {spec_file}: {getattr(exc, 'strerror', None) or exc}") from None
+    client = api()
+    study = client.submit(text)
+    typer.echo(
+        f"study {study.id} {study.name!r} {study.status.value}: "
+        f"{client.base_url}{study.links.dashboard}"
+    )
+
+
+def summary_lines(study: StudyPublic) -> list[str]:
+    """A study in four lines: status, progress, best value, dashboard link."""
+    p = study.progress
+    reason = f" ({study.status_reason})" if study.status_reason else ""
+    counts = ", ".join(f"{k} {v}" for k, v in study.trials.items() if v)
+    best = study.best_value
+    return [
+        f"study {study.id} {study.name!r}: {study.status.value}{reason}",
+        f"progress: {p.finished}/{p.n_trials} finished; trials: {counts or 'none yet'}",
+        f"best value: {best if best is not None else '-'}",
+        f"dashboard: {study.links.dashboard}",
+    ]
+
+
+@app.command()
+def status(study: StudyArg, as_json: JsonOpt = False, storage: StorageOpt = None) -> None:
+    """A study's status, progress and best value so far."""
+    data = reader(storage).get(study)
+    if as_json:
+        print_json(data)
+    else:
+        typer.echo("\n".join(summary_lines(data)))
+
+
+@app.command()
+def watch(
+    study: StudyArg,
+    interval: Annotated[float, typer.Option(min=0.1, help="Seconds between polls")] = 2.0,
+    storage: StorageOpt = None,
+) -> None:
+    """Follow a study with a live progress bar until it ends."""
+    from rich.console import Console
+
+    source = reader(storage)
+    data = source.get(study)
+    console = Console(stderr=True)
+    with study_progress_bar(console) as bar:
+        task = bar.add_task(data.name, total=data.progress.n_trials, detail="")
+        while True:
+            best = data.best_value
+            detail = f"{data.status.value} running {data.trials['running']}" + (
+                f" best {best:.4g}" if best is not None else ""
+            )
+            bar.update(task, completed=data.progress.finished, detail=detail)
+            if not data.status.is_active:
+                break
+            time.sleep(interval)
+            data = source.get(data.id)
+    typer.echo("\n".join(summary_lines(data)))
+
+
+@app.command()
+def trials(
+    study: StudyArg,
+    as_csv: Annotated[bool, typer.Option("--csv", help="CSV instead of JSON")] = False,
+    state: Annotated[
+        str | None, typer.Option(help="complete | pruned | fail | running | waiting (any case)")
+    ] = None,
+    sort: Annotated[str, typer.Option(help="number | value")] = "number",
+    order: Annotated[str, typer.Option(help="asc | desc")] = "asc",
+    storage: StorageOpt = None,
+) -> None:
+    """Every trial of a study, as a JSON list of the API's trial objects or as CSV."""
+    import csv
+    import sys
+
+    from search.states import TrialStateName
+    from service.schemas import Order, SortKey
+
+    try:
+        chosen = TrialStateName(state) if state else None
+        sort_key, direction = SortKey(sort), Order(order)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    items = reader(storage).all_trials(study, chosen, sort_key, direction)
+    if not as_csv:
+        print_json([t.model_dump(mode="json") for t in items])
+        return
+    params = sorted({name for t in items for name in t.params})
+    writer = csv.writer(sys.stdout)
+    writer.writerow(["number", "state", "values", *params, "status", "duration_seconds"])
+    for t in items:
+        writer.writerow(
+            [
+                t.number,
+                t.state.value,
+                ";".join(str(v) for v in t.values or []),
+                *(t.params.get(p, "") for p in params),
+                t.user_attrs.get("status", ""),
+                t.duration_seconds or "",
+            ]
+        )
+
+
+@app.command()
+def best(
+    study: StudyArg,
+    as_yaml: Annotated[
+        bool,
+        typer.Option("--yaml", help="Only the config, as YAML that `bnsweep train --config` takes"),
+    ] = False,
+    storage: StorageOpt = None,
+) -> None:
+    """Best configuration of a study (JSON: params, metrics, ready-to-train config)."""
+    result = reader(storage).best(study)
+    if as_yaml:
+        import yaml
+
+        typer.echo(yaml.safe_dump(result.config, sort_keys=False), nl=False)
+        return
+    print_json(result)
+
+
+@app.command()
+def importance(study: StudyArg, storage: StorageOpt = None) -> None:
+    """Parameter importances of a study's primary objective."""
+    print_json(reader(storage).importance(study))
+
+
+@app.command()
+def insights(study: StudyArg, as_json: JsonOpt = False, storage: StorageOpt = None) -> None:
+    """Which BN practices mattered in a study, with the evidence."""
+    result = reader(storage).insights(study)
+    if as_json:
+        print_json(result)
+        return
+    print_insights(result)
+
+
+def print_insights(result: InsightsPublic, console: Console | None = None) -> None:
+    """BN insights as a table: practice, strength, verdict."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        title=f"BN insights on {result.metric} ({result.trials_used} trials, "
+        f"{result.diverged} diverged)"
+    )
+    for column in ("practice", "strength", "verdict"):
+        table.add_column(column, overflow="fold")
+    for f in result.findings:
+        table.add_row(f.practice, f.strength, f.verdict)
+    (console or Console()).print(table)
+
+
+def _change(action: str, study: str) -> None:
+    data: Any = getattr(api(), action)(study)
+    typer.echo(f"study {data.id} {data.name!r} {data.status.value}")
+
+
+@app.command()
+def cancel(study: StudyArg) -> None:
+    """Cancel a study: no new trials; running ones stop at their next epoch."""
+    _change("cancel", study)
+
+
+@app.command()
+def pause(study: StudyArg) -> None:
+    """Pause a study: no new trials until resumed; running ones finish and count."""
+    _change("pause", study)
+
+
+@app.command()
+def resume(study: StudyArg) -> None:
+    """Resume a paused study."""
+    _change("resume", study)
+
+
+@app.command()
+def delete(study: StudyArg) -> None:
+    """Delete a study that is not running (with its Optuna study and trials)."""
+    api().delete(study)
+    typer.echo(f"study {study} deleted")

@@ -1,0 +1,46 @@
+"""The API's reads straight from the database, for the CLI's ``--storage`` mode and ``bnsweep
+run``: the same methods and models as ``service.client.Client``, no server needed."""
+
+from __future__ import annotations
+
+from search.db import StudyRow
+from search.results import BestResult, TrialSummary
+from search.states import TrialStateName
+from search.storage import get_engine, get_storage
+from search.studies import get_study_row
+from service import queries
+from service.schemas import ImportancePublic, InsightsPublic, Order, SortKey, StudyPublic
+
+
+class DatabaseClient:
+    """Reads of studies in the database at ``url``; study arguments accept an id or a name."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = get_engine(url)
+        self.storage = get_storage(url)
+
+    def _row(self, study: int | str) -> StudyRow:
+        ref = int(study) if isinstance(study, str) and study.isdigit() else study
+        return get_study_row(self.engine, ref)
+
+    def get(self, study: int | str) -> StudyPublic:
+        return queries.study_public(self.engine, self.storage, self._row(study))
+
+    def all_trials(
+        self,
+        study: int | str,
+        state: TrialStateName | None = None,
+        sort: SortKey = SortKey.NUMBER,
+        order: Order = Order.ASC,
+    ) -> list[TrialSummary]:
+        page = queries.trial_page(self.storage, self._row(study), state, sort, order, 0, 2**31)
+        return page.items
+
+    def best(self, study: int | str) -> BestResult:
+        return queries.best(self.storage, self._row(study))
+
+    def importance(self, study: int | str) -> ImportancePublic:
+        return queries.importance(self.storage, self._row(study))
+
+    def insights(self, study: int | str) -> InsightsPublic:
+        return queries.insights(self.storage, self._row(study))
