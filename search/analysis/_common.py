@@ -146,7 +146,8 @@ def compare(
         return Comparison(*label, math.nan, None, np.empty(0), 0, 0, len(a), len(b))
     points = a + b
     keys = [key(p) for p in points]
-    codes = np.array([sorted(set(keys), key=repr).index(k) for k in keys], dtype=np.int64)
+    code_of = {k: i for i, k in enumerate(sorted(set(keys), key=repr))}
+    codes = np.array([code_of[k] for k in keys], dtype=np.int64)
     x = np.array([p.log_lr for p in points])
     y = np.array([value(p) for p in points], dtype=float)
     d = np.array([1.0] * len(a) + [0.0] * len(b))

@@ -127,8 +127,10 @@ def _section(f: Finding, i: int) -> str:
 
 
 def _figure(f: Finding, i: int) -> str:
-    draw = _DRAWERS.get(str(f.plot.get("kind")))
-    if draw is None:
+    kind = str(f.plot.get("kind"))
+    draw = _DRAWERS.get(kind)
+    data = f.plot.get(_DATA.get(kind, ""))
+    if draw is None or not (any(data.values()) if isinstance(data, dict) else data):
         return ""
     svg = _svg(lambda ax: draw(ax, f.plot), salt=f"bnsweep-{i}")
     caption = _e(f"{_title(f.practice.value)}: {_CAPTIONS[str(f.plot['kind'])]}")
@@ -148,6 +150,11 @@ def _svg(draw: Callable[[Axes], None], salt: str) -> str:
     text = buffer.getvalue()
     svg = text[text.index("<svg") :]  # drop the XML prolog and its DTD address
     return re.sub(r"<metadata>.*?</metadata>\s*", "", svg, flags=re.S)
+
+
+def _legend(ax: Axes) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
 
 
 def _color(name: str, order: list[str]) -> str:
@@ -184,7 +191,7 @@ def _draw_placement(ax: Axes, plot: dict[str, Any]) -> None:
     for name, curve in plot.get("curves", {}).items():
         ys = [math.nan if y is None else y for y in curve["accuracy"]]
         ax.plot(curve["lr"], ys, color=_color(name, names), linewidth=1.5)
-    ax.legend(fontsize=7)
+    _legend(ax)
 
 
 def _draw_windows(ax: Axes, plot: dict[str, Any]) -> None:
@@ -202,7 +209,7 @@ def _draw_windows(ax: Axes, plot: dict[str, Any]) -> None:
             fontsize=7,
             va="bottom",
         )
-    ax.legend(fontsize=7)
+    _legend(ax)
 
 
 def _draw_batch_lr(ax: Axes, plot: dict[str, Any]) -> None:
@@ -240,7 +247,7 @@ def _draw_batch_lr(ax: Axes, plot: dict[str, Any]) -> None:
             linewidth=1.2,
             label=f"fit: slope {plot['slope']:.2f}",
         )
-        ax.legend(fontsize=7)
+        _legend(ax)
     ax.set_yticks(range(len(sizes)), [str(s) for s in sizes])
     ax.set_ylabel("batch size")
     ax.set_xlabel("log10 effective learning rate")
@@ -257,7 +264,7 @@ def _draw_bn_momentum(ax: Axes, plot: dict[str, Any]) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("bn_momentum (weight of the new batch)")
     ax.set_ylabel("test accuracy")
-    ax.legend(fontsize=7)
+    _legend(ax)
 
 
 def _draw_eval_pairs(ax: Axes, plot: dict[str, Any]) -> None:
@@ -274,7 +281,7 @@ def _draw_eval_pairs(ax: Axes, plot: dict[str, Any]) -> None:
         ax.plot([lo, hi], [lo, hi], color="#444", linestyle="--", linewidth=0.8)
     ax.set_xlabel("test accuracy, batch statistics")
     ax.set_ylabel("test accuracy, running statistics")
-    ax.legend(fontsize=7)
+    _legend(ax)
 
 
 def _draw_init_bn(ax: Axes, plot: dict[str, Any]) -> None:
@@ -292,7 +299,7 @@ def _draw_init_bn(ax: Axes, plot: dict[str, Any]) -> None:
     ax.axhline(0, color="#444", linewidth=0.8)
     ax.set_xticks(range(len(inits)), inits)
     ax.set_ylabel(f"accuracy vs {plot['reference']} (points)")
-    ax.legend(fontsize=7)
+    _legend(ax)
 
 
 def _draw_groups(ax: Axes, plot: dict[str, Any]) -> None:
@@ -314,6 +321,15 @@ _DRAWERS: dict[str, Callable[[Axes, dict[str, Any]], None]] = {
     "eval_pairs": _draw_eval_pairs,
     "init_bn": _draw_init_bn,
     "groups": _draw_groups,
+}
+_DATA = {  # where each kind keeps its data: no data, no figure
+    "placement": "points",
+    "lr_windows": "points",
+    "batch_lr": "cells",
+    "bn_momentum": "points",
+    "eval_pairs": "points",
+    "init_bn": "effects",
+    "groups": "groups",
 }
 _CAPTIONS = {
     "placement": "accuracy vs effective learning rate per placement (crosses failed to train; "

@@ -1,13 +1,16 @@
 """Placement: which BN placement gave better accuracy at the *same* learning rates.
 
 Comparing group medians over whatever learning rates the sampler tried measures the sampler. Here
-every pair of placements is compared within learning-rate bins (and levels of the other varied
-categorical settings) where both were tried; pruned runs count at the epoch they reached, and the
-verdict is checked against the same comparison without them.
+every pair of placements is compared where both were tried at similar learning rates (and equal
+levels of the other varied categorical settings); runs that failed to train count at their
+chance-level accuracy, pruned runs at the epoch they reached, and the verdict is checked against
+the same comparison without the pruned runs.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Hashable
 from itertools import combinations
 from typing import Any
 
@@ -96,8 +99,11 @@ def placement_finding(ctx: Context) -> Finding:
     """Each pair of placements at matched learning rates; the headline is best vs runner-up."""
     opts = ctx.options
     groups = placement_groups(ctx.data.points)
-    stratum = ctx.matching("bn_placement")
-    plot = {"kind": "placement", "points": {k: scatter(g) for k, g in groups.items()}}
+    key = ctx.matching("bn_placement")
+    plot: dict[str, Any] = {
+        "kind": "placement",
+        "points": {k: scatter(g) for k, g in groups.items()},
+    }
     if len(groups) < 2:
         return finding(
             Practice.PLACEMENT,
@@ -107,58 +113,51 @@ def placement_finding(ctx: Context) -> Finding:
             plot=plot,
         )
     pairs = {
-        (a, b): compare(
-            ctx, f"placement:{a}:{b}", (a, b), (groups[a], groups[b]), _accuracy, stratum
-        )
+        (a, b): compare(ctx, f"placement:{a}:{b}", (a, b), (groups[a], groups[b]), _accuracy, key)
         for a, b in combinations(groups, 2)
     }
     ranking = sorted(groups, key=lambda k: -_score(k, pairs))
     top, runner = ranking[:2]
     head = pairs[(top, runner)] if (top, runner) in pairs else pairs[(runner, top)].flipped()
     strength = head.strength(opts.practical_margin, opts.min_points)
-    verdict = _headline(head, strength, ctx) + _article(top, runner, strength)
-
     pruned = {k: sum(p.pruned for p in g) for k, g in groups.items()}
     without_pruned: dict[str, Any] | None = None
-    if pruned[top] + pruned[runner]:
-        complete = placement_groups(ctx.data.complete_points)
-        alt = compare(
-            ctx,
-            f"placement-complete:{top}:{runner}",
-            (top, runner),
-            (complete.get(top, []), complete.get(runner, [])),
-            _accuracy,
-            stratum,
-        )
-        alt_strength = alt.strength(opts.practical_margin, opts.min_points)
-        without_pruned = {"estimate": alt.estimate, "ci95": alt.ci95, "strength": alt_strength}
-        verdict += f"; {pruned[top] + pruned[runner]} pruned runs count at the epoch they reached"
-        if strength is not Strength.INSUFFICIENT_DATA and _conclusion(
-            head, strength
-        ) != _conclusion(alt, alt_strength):
-            strength = Strength.WEAK
+    if not any(p.trained for p in groups[top] + groups[runner]):
+        strength = Strength.INSUFFICIENT_DATA
+        verdict = f"no configuration of {top} or {runner} trained: nothing to compare"
+    else:
+        verdict = _headline(head, strength, ctx) + _article(top, runner, strength)
+        if pruned[top] + pruned[runner]:
+            alt = _without_pruned(ctx, head, key)
+            alt_strength = alt.strength(opts.practical_margin, opts.min_points)
+            without_pruned = {"estimate": alt.estimate, "ci95": alt.ci95, "strength": alt_strength}
             verdict += (
-                f", and the conclusion depends on them: without pruned runs "
-                f"{pts(alt.estimate)} ({ci_pts(alt.ci95)}), so the evidence is weak"
+                f"; {pruned[top] + pruned[runner]} pruned runs count at the epoch they reached"
             )
-    others = [c for key, c in pairs.items() if set(key) != {top, runner}]
+            if strength is not Strength.INSUFFICIENT_DATA and _conclusion(
+                head, strength
+            ) != _conclusion(alt, alt_strength):
+                strength = Strength.WEAK
+                verdict += (
+                    f", and the conclusion depends on them: without pruned runs "
+                    f"{pts(alt.estimate)} ({ci_pts(alt.ci95)}), so the evidence is weak"
+                )
+    others = [c for pair, c in pairs.items() if set(pair) != {top, runner}]
     if others:
         verdict += "; " + "; ".join(
-            f"{c.a} vs {c.b}: {pts(c.estimate)} ({ci_pts(c.ci95)})" for c in others
-        )
-
-    curves = {}
-    best = {}
-    for k, g in groups.items():
-        x = np.array([p.log_lr for p in g])
-        if len(g) >= opts.min_curve_points and np.ptp(x) > 0:
-            grid, smooth = smoothed_curve(
-                x, np.array([p.accuracy for p in g]), opts.smoothing_decades
+            f"{c.a} vs {c.b}: "
+            + (
+                f"{pts(c.estimate)} ({ci_pts(c.ci95)})"
+                if math.isfinite(c.estimate)
+                else "never matched"
             )
-            curves[k] = {"lr": 10**grid, "accuracy": smooth}
-            i = int(np.nanargmax(smooth))
-            best[k] = {"learning_rate": 10 ** grid[i], "accuracy": smooth[i]}
-    plot["curves"] = curves
+            for c in others
+        )
+    plot["curves"], best = _curves(groups, ctx)
+    if best:
+        verdict += "; smoothed best learning rate " + ", ".join(
+            f"{k} {lr_text(float(np.log10(b['learning_rate'])))}" for k, b in best.items()
+        )
     effect = {
         "compared": f"{top} - {runner}",
         "estimate": head.estimate,
@@ -173,10 +172,6 @@ def placement_finding(ctx: Context) -> Finding:
         "matching_decades": opts.smoothing_decades,
         "smoothed_best": best,
     }
-    if best:
-        verdict += "; smoothed best learning rate " + ", ".join(
-            f"{k} {lr_text(float(np.log10(b['learning_rate'])))}" for k, b in best.items()
-        )
     return finding(
         Practice.PLACEMENT,
         verdict,
@@ -186,6 +181,37 @@ def placement_finding(ctx: Context) -> Finding:
         sample_size=head.n_a + head.n_b,
         plot=plot,
     )
+
+
+def _without_pruned(ctx: Context, head: Comparison, key: Callable[[Point], Hashable]) -> Comparison:
+    """The headline comparison again, on complete runs only."""
+    complete = placement_groups(ctx.data.complete_points)
+    return compare(
+        ctx,
+        f"placement-complete:{head.a}:{head.b}",
+        (head.a, head.b),
+        (complete.get(head.a, []), complete.get(head.b, [])),
+        _accuracy,
+        key,
+    )
+
+
+def _curves(
+    groups: dict[str, list[Point]], ctx: Context
+) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
+    """Kernel-smoothed accuracy over learning rate per placement, and where each peaks."""
+    curves: dict[str, Any] = {}
+    best: dict[str, dict[str, float]] = {}
+    for k, g in groups.items():
+        x = np.array([p.log_lr for p in g])
+        if len(g) < ctx.options.min_curve_points or np.ptp(x) == 0:
+            continue
+        y = np.array([p.accuracy for p in g])
+        grid, smooth = smoothed_curve(x, y, ctx.options.smoothing_decades)
+        curves[k] = {"lr": 10**grid, "accuracy": smooth}
+        i = int(np.nanargmax(smooth))
+        best[k] = {"learning_rate": float(10 ** grid[i]), "accuracy": float(smooth[i])}
+    return curves, best
 
 
 def _score(name: str, pairs: dict[tuple[str, str], Comparison]) -> float:

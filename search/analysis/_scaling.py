@@ -95,8 +95,11 @@ def scaling_finding(ctx: Context) -> Finding:
             for s, o in optima.items()
         },
     }
-    plot: dict[str, Any] = {"kind": "batch_lr", "cells": _cells(pool, ctx), "optima": []}
-    plot["optima"] = [[s, v["learning_rate"], v["ci95"]] for s, v in effect["optima"].items()]
+    plot: dict[str, Any] = {
+        "kind": "batch_lr",
+        "cells": _cells(pool, ctx),
+        "optima": [[s, v["learning_rate"], v["ci95"]] for s, v in effect["optima"].items()],
+    }
     if len(sizes) < 2:
         return finding(
             Practice.BATCH_SIZE_LEARNING_RATE,

@@ -180,6 +180,14 @@ def stability_finding(ctx: Context) -> Finding:
     effect["compared"] = f"upper edge {a} - {b}"
     d = wa.high - wb.high
     (higher, w_high), (lower, w_low) = sorted(((a, wa), (b, wb)), key=lambda kw: -kw[1].high)
+    if w_high.edges is None:
+        return finding(
+            Practice.LEARNING_RATE_STABILITY,
+            f"{described}; no configuration of {a} or {b} trained: nothing to compare",
+            Strength.INSUFFICIENT_DATA,
+            effect,
+            plot=plot,
+        )
     if w_low.edges and w_low.edges[3]:
         return finding(
             Practice.LEARNING_RATE_STABILITY,
@@ -194,8 +202,10 @@ def stability_finding(ctx: Context) -> Finding:
     strength = difference_strength(ci, opts.lr_margin_decades)
     effect["estimate"] = d
     verdict = f"{described}; {_verdict(a, b, d, ci, strength)}"
-    if w_high.edges and w_high.edges[3]:
+    if w_high.edges[3]:
         verdict += f" (at least: {higher} trained up to the largest learning rate tried)"
+    if w_low.edges is None:
+        verdict += f" (at least: {lower} never trained at any learning rate tried)"
     return finding(
         Practice.LEARNING_RATE_STABILITY,
         verdict,

@@ -71,9 +71,12 @@ def partially_linear(y: Array, d: Array, basis: Array, counts: Array) -> Array:
     between the same knots inform it, so how the sampler spread each group over x cancels;
     where the groups never meet, delta is undefined (NaN), never a guess.
     """
-    gram = np.einsum("bn,ni,nj->bij", counts, basis, basis)
-    moments = np.einsum("bn,ni,nk->bik", counts, basis, np.column_stack([y, d]))
-    fitted = np.einsum("ni,bik->bnk", basis, np.linalg.pinv(gram, hermitian=True) @ moments)
+    n, k = basis.shape
+    both = np.column_stack([y, d])
+    # Weighted normal equations for every resample at once, as matrix products (BLAS).
+    gram = (counts @ (basis[:, :, None] * basis[:, None, :]).reshape(n, k * k)).reshape(-1, k, k)
+    moments = (counts @ (basis[:, :, None] * both[:, None, :]).reshape(n, 2 * k)).reshape(-1, k, 2)
+    fitted = basis[None] @ (np.linalg.pinv(gram, hermitian=True) @ moments)
     ry, rd = y - fitted[..., 0], d - fitted[..., 1]
     num = (counts * ry * rd).sum(axis=1)
     den = (counts * rd * rd).sum(axis=1)
