@@ -6,23 +6,17 @@ import sqlalchemy as sa
 from alembic import context
 
 import service.db  # noqa: F401  (registers the service's tables on the metadata)
-from migrations import TABLE_PREFIX, VERSION_TABLE
+from migrations import VERSION_TABLE
+from migrations.env_support import include_object
 from search.db import Base
 
 config = context.config
 
 
-def include_object(
-    obj: object, name: str | None, type_: str, reflected: bool, compare_to: object
-) -> bool:
-    """Never touch Optuna's tables (autogenerate would otherwise propose to drop them)."""
-    if type_ == "table":
-        return bool(name) and name.startswith(TABLE_PREFIX)
-    return True
-
-
 def run_migrations_online() -> None:
-    engine = sa.create_engine(config.get_main_option("sqlalchemy.url"), poolclass=sa.pool.NullPool)
+    url = config.get_main_option("sqlalchemy.url")
+    assert url is not None  # set by migrations.alembic_config
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
     with engine.connect() as connection:
         context.configure(
             connection=connection,

@@ -369,16 +369,19 @@ def _info(name: str, hint: Any, default: Any) -> SettingInfo:
     options = get_args(base) if get_origin(base) in (Union, UnionType) else (base,)
     nullable = NoneType in options
     (core,) = [o for o in options if o is not NoneType]
-    low = high = None
+    low: float | None = None
+    high: float | None = None
     low_incl = high_incl = True
     for m in metadata:
         for c in getattr(m, "metadata", [m]):  # a pydantic FieldInfo holds its constraints
-            if isinstance(c, annotated_types.Ge | annotated_types.Gt):
-                low, low_incl = (c.ge, True) if isinstance(c, annotated_types.Ge) else (c.gt, False)
-            if isinstance(c, annotated_types.Le | annotated_types.Lt):
-                high, high_incl = (
-                    (c.le, True) if isinstance(c, annotated_types.Le) else (c.lt, False)
-                )
+            if isinstance(c, annotated_types.Ge):
+                low, low_incl = float(c.ge), True  # type: ignore[arg-type]
+            elif isinstance(c, annotated_types.Gt):
+                low, low_incl = float(c.gt), False  # type: ignore[arg-type]
+            elif isinstance(c, annotated_types.Le):
+                high, high_incl = float(c.le), True  # type: ignore[arg-type]
+            elif isinstance(c, annotated_types.Lt):
+                high, high_incl = float(c.lt), False  # type: ignore[arg-type]
     choices: tuple[Any, ...] | None = None
     if core is bool:
         kind, choices = Kind.CATEGORICAL, (False, True)
@@ -399,7 +402,8 @@ def _settings() -> dict[str, SettingInfo]:
     hints = get_type_hints(TrainConfig, include_extras=True)
     out = {}
     for f in dataclasses.fields(TrainConfig):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        factory: Any = f.default_factory  # every field has a default or a factory
+        default = f.default if f.default is not dataclasses.MISSING else factory()
         out[f.name] = _info(f.name, hints[f.name], default)
     return out
 

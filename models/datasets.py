@@ -28,7 +28,7 @@ def _limit(x: np.ndarray, y: np.ndarray, limit: int | None) -> tuple[np.ndarray,
 
 def _minus_val(n: int, params: dict[str, Any]) -> int:
     """Training samples left after ``split_and_normalize`` holds out the validation part."""
-    return n - round(n * params["val_fraction"])
+    return n - round(n * float(params["val_fraction"]))
 
 
 def _file_train_size(standard: int) -> Any:

@@ -52,7 +52,7 @@ class Param:
         if self.choices is not None:
             base = Literal[tuple(self.choices)]
         if self.type.startswith("list["):
-            base = Annotated[list[base], Field(min_length=1)]  # type: ignore[valid-type]
+            base = Annotated[list[base], Field(min_length=1)]
         return base | None if self.nullable else base
 
     def describe(self) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text, func
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from search.states import SlotState, StudyStatus, WorkerStatus
+from search.states import SlotState, StudyKind, StudyStatus, WorkerStatus
 
 
 class Base(DeclarativeBase):
@@ -33,6 +33,12 @@ class StudyRow(Base):
     owner: Mapped[str | None] = mapped_column(String(200), nullable=True)
     # Optuna's study name equals ``name``; its numeric id is kept for direct queries.
     optuna_study_id: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16), server_default=StudyKind.SEARCH.value)
+    # A confirmation study checks the findings of this one.
+    parent_id: Mapped[int | None] = mapped_column(
+        ForeignKey("bnsweep_studies.id", name="fk_bnsweep_studies_parent", ondelete="SET NULL"),
+        nullable=True,
+    )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

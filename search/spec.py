@@ -25,6 +25,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    SerializerFunctionWrapHandler,
     Tag,
     TypeAdapter,
     WithJsonSchema,
@@ -32,7 +33,6 @@ from pydantic import (
     model_serializer,
     model_validator,
 )
-from pydantic.functional_serializers import SerializerFunctionWrapHandler
 
 from models.config import SETTINGS, Home, TrainConfig, setting_by_spec_name
 from search.samplers import PRUNERS, SAMPLERS

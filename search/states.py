@@ -29,6 +29,11 @@ class StudyStatus(StrEnum):
         return self in (StudyStatus.QUEUED, StudyStatus.RUNNING)
 
 
+class StudyKind(StrEnum):
+    SEARCH = "search"  # an ordinary study: the sampler explores the spec's search space
+    CONFIRMATION = "confirmation"  # planned runs that check another study's findings
+
+
 class SlotState(StrEnum):
     ACTIVE = "active"  # a worker holds it and is running (or about to run) a trial
     DONE = "done"  # its trial finished (any state)

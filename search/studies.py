@@ -68,7 +68,7 @@ def create_study(
         study = optuna.create_study(
             study_name=spec.name,
             storage=storage,
-            directions=spec.directions,
+            directions=spec.directions,  # type: ignore[arg-type]  # "maximize" | "minimize"
             sampler=make_sampler(spec),
             pruner=make_pruner(spec),
         )
@@ -251,7 +251,7 @@ def _timed_out(conn: Connection, row: Any, spec: StudySpec) -> bool:
         now = now.replace(tzinfo=None)
     elif started.tzinfo is not None and now.tzinfo is None:
         started = started.replace(tzinfo=None)
-    return now - started >= timedelta(seconds=timeout)
+    return bool(now - started >= timedelta(seconds=timeout))
 
 
 def _settle(conn: Connection, row: Any, spec: StudySpec, active: int) -> StudyStatus:

@@ -20,7 +20,7 @@ import uuid
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from multiprocessing.process import BaseProcess
+from multiprocessing.context import SpawnProcess
 from typing import Any, TypeVar
 
 import optuna
@@ -166,7 +166,7 @@ class Worker:
         finally:
             heartbeat.stop_event.set()
             heartbeat.join(timeout=5)
-            with contextlib.suppress(TRANSIENT_ERRORS):
+            with contextlib.suppress(*TRANSIENT_ERRORS):
                 self.update_worker_row(
                     status=WorkerStatus.STOPPED.value,
                     current_study_id=None,
@@ -422,7 +422,7 @@ def run_worker_process(options: WorkerOptions) -> None:
     Worker(options).run()
 
 
-def spawn_workers(options: WorkerOptions, devices: list[str]) -> list[BaseProcess]:
+def spawn_workers(options: WorkerOptions, devices: list[str]) -> list[SpawnProcess]:
     """Start one worker process per entry of ``devices`` (spawned: no torch or pool state
     inherited). Slots on the CPU share its cores: each gets an equal share of torch threads, or
     N processes with all-core thread pools would oversubscribe the machine N times."""

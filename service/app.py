@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from models.errors import first_line
 from search.storage import get_engine
 from search.studies import reap
-from service import errors
+from service import docs, errors
 from service.api import studies, system
 from service.dashboard import dashboard_app
 from service.limits import BodyLimit
@@ -82,6 +82,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served offline by service.docs
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.engine = engine
@@ -91,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(studies.router, prefix="/api/v1")
     app.include_router(system.api, prefix="/api/v1")
     app.include_router(system.ops)
+    docs.install(app)
     # Last: the dashboard matches every path, so our routes must be tried first.
     app.mount("/", dashboard_app(storage, engine, settings.auth))
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)

@@ -103,4 +103,4 @@ def authenticate(engine: Engine, token: str | None) -> str:
         raise AuthError(401, "unknown API key")
     if row.revoked_at is not None:
         raise AuthError(403, f"API key {row.name!r} is revoked")
-    return row.name
+    return str(row.name)

@@ -90,7 +90,7 @@ class Client:
         items = self._request("GET", "/api/v1/studies", params={"name": study})["items"]
         if not items:
             raise ApiError(404, f"no study {study!r}")
-        return items[0]["id"]
+        return int(items[0]["id"])
 
     # --- studies
 

@@ -82,7 +82,8 @@ class LazyDashboard:
             except DATABASE_ERRORS:
                 await _json(send, 503, "database unavailable")
                 return
-            self._app = WSGIMiddleware(optuna_dashboard.wsgi(storage))
+            self._app = WSGIMiddleware(optuna_dashboard.wsgi(storage))  # type: ignore[assignment]
+        assert self._app is not None
         await self._app(scope, receive, send)
 
 

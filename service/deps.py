@@ -15,15 +15,18 @@ from service.settings import Settings
 
 
 def _settings(request: Request) -> Settings:
-    return request.app.state.settings
+    settings: Settings = request.app.state.settings
+    return settings
 
 
 def _engine(request: Request) -> Engine:
-    return request.app.state.engine
+    engine: Engine = request.app.state.engine
+    return engine
 
 
 def _storage(request: Request) -> optuna.storages.RDBStorage:
-    return request.app.state.storage.get()
+    storage: optuna.storages.RDBStorage = request.app.state.storage.get()
+    return storage
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]

@@ -7,6 +7,7 @@ parse one format for every validation error.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import optuna
 from fastapi import FastAPI, Request
@@ -22,7 +23,7 @@ log = logging.getLogger("bnsweep.api")
 DATABASE_ERRORS = (SQLAlchemyError, optuna.exceptions.StorageInternalError)
 
 
-def spec_error_body(exc: ConfigError) -> dict:
+def spec_error_body(exc: ConfigError) -> dict[str, Any]:
     return {
         "detail": [
             {"loc": ["body", *exc.field.split(".")], "msg": exc.reason, "type": "spec_error"}
@@ -30,7 +31,8 @@ def spec_error_body(exc: ConfigError) -> dict:
     }
 
 
-async def _config_error(_: Request, exc: ConfigError) -> JSONResponse:
+async def _config_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ConfigError)
     return JSONResponse(spec_error_body(exc), status_code=422)
 
 
@@ -38,11 +40,12 @@ async def _not_found(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=404)
 
 
-async def _conflict(_: Request, exc: StudyStateError) -> JSONResponse:
+async def _conflict(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=409)
 
 
-async def _auth(_: Request, exc: AuthError) -> JSONResponse:
+async def _auth(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AuthError)
     headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
 

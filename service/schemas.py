@@ -113,8 +113,13 @@ class StudyPublic(StudySummary):
             n_trials=n_trials,
             fraction=min(1.0, counts.finished / n_trials),
         )
-        return cls.from_row(
-            row, trials=counts.as_dict(), progress=progress, best_value=best_value, spec=row.spec
+        summary = StudySummary.from_row(row)
+        return cls(
+            **summary.model_dump(),
+            trials=counts.as_dict(),
+            progress=progress,
+            best_value=best_value,
+            spec=row.spec,
         )
 
 

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from search.errors import SpecError
+from search.limits import Limits
 from search.results import BestResult, TrialSummary
 from search.spec import StudySpec
 from search.states import StudyStatus, TrialStateName
@@ -21,7 +22,7 @@ from search.studies import (
     pause_study,
     resume_study,
 )
-from search.validate import Limits, parse_spec, parse_spec_text
+from search.validate import parse_spec, parse_spec_text
 from service import queries
 from service.deps import EngineDep, SettingsDep, StorageDep, WriteKey
 from service.queries import study_public, trial_page

@@ -12,12 +12,10 @@ import sys
 import click
 import typer
 
-from service.cli import keys, local, serve, studies, train
+# typer >= 0.2x vendors its own copy of click: its exceptions are not click's.
+from typer._click import exceptions as _typer_click
 
-try:  # typer >= 0.2x vendors its own copy of click: its exceptions are not click's
-    from typer._click import exceptions as _typer_click
-except ImportError:  # pragma: no cover - older typer uses click itself
-    _typer_click = click.exceptions
+from service.cli import keys, local, serve, studies, train
 
 _EXITS = (click.exceptions.Exit, typer.Exit)
 _ABORTS = (click.exceptions.Abort, typer.Abort)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 import typer
 
 if TYPE_CHECKING:
-    from multiprocessing.process import BaseProcess
+    from multiprocessing.context import SpawnProcess
 
     from service.settings import Settings
 
@@ -22,7 +22,7 @@ def _raise_interrupt(*_: object) -> NoReturn:
     raise KeyboardInterrupt
 
 
-def start_workers(settings: Settings, count: int, device: str) -> list[BaseProcess]:
+def start_workers(settings: Settings, count: int, device: str) -> list[SpawnProcess]:
     """Start ``count`` local worker processes."""
     from search.worker import WorkerOptions, spawn_workers
 
@@ -35,7 +35,7 @@ def start_workers(settings: Settings, count: int, device: str) -> list[BaseProce
     return spawn_workers(options, [device] * count)
 
 
-def stop_workers(children: list[BaseProcess]) -> None:
+def stop_workers(children: list[SpawnProcess]) -> None:
     """SIGTERM (a worker fails its trial for retry and exits), then kill what is left."""
     for child in children:
         if child.is_alive() and child.pid is not None:

@@ -56,3 +56,26 @@ def test_upgrade_beside_existing_optuna_tables(db_url):
     migrations.downgrade(db_url)
     assert not OURS & _tables(db_url)
     assert optuna.load_study(study_name="pre-existing", storage=db_url)._study_id == study._study_id
+
+
+def test_migrations_build_exactly_the_tables_the_code_declares(db_url):
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    import service.db  # noqa: F401  (registers the API keys table on the metadata)
+    from migrations.env_support import include_object
+    from search.db import Base
+
+    migrations.upgrade(db_url)
+    engine = sa.create_engine(migrations.alembic_config(db_url).get_main_option("sqlalchemy.url"))
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(
+                conn,
+                opts={"include_object": include_object, "version_table": migrations.VERSION_TABLE},
+            )
+            diff = compare_metadata(context, Base.metadata)
+    finally:
+        engine.dispose()
+        migrations.downgrade(db_url)
+    assert diff == []
