@@ -45,7 +45,10 @@ RUN pip install -c constraints.image.txt . \
  && python -c "import torch, service.app, search.worker, models.train, migrations" \
  && cd / && rm -rf /src
 
+# The example specs, where `bnsweep submit examples/mnist1d.yaml` finds them: the working
+# directory (root-owned, read-only for the service user).
 WORKDIR /app
+COPY examples/ examples/
 USER bnsweep
 VOLUME ["/data"]
 EXPOSE 8000

@@ -1,12 +1,18 @@
 """Deployment files: Dockerfile, .dockerignore, docker-compose.yml, docs/deployment.md.
 
-No Docker engine is needed. The main checks are structural (pyyaml + the project's own CLI and
-settings), so they run wherever the project's dev dependencies are installed: every service and
-dependency condition is there, every ``bnsweep`` command and option the files use exists, every
-``BNSWEEP_*`` variable is a settings field, the uvicorn factory is importable and callable without
-arguments, and the Dockerfile's constraints filter really drops the CPU torch pin.
-``docker compose config`` / ``docker-compose config`` also runs when one is installed (the only
-skip here).
+What runs without a Docker engine: structural checks (pyyaml + the project's own CLI and
+settings): every service and dependency condition is there, every ``bnsweep`` command and option
+the files use exists, every ``BNSWEEP_*`` variable is a settings field, the uvicorn factory is
+importable and callable without arguments, the Dockerfile's constraints filter really drops the
+CPU torch pin, and the example specs land in the image's working directory (COPY, WORKDIR and
+.dockerignore read, not built). Then ``docker compose config`` (or Debian's ``docker-compose
+config``) validates and renders the compose file; it needs no daemon. Without either tool that
+test skips, and with ``CI=true`` it fails.
+
+NOT exercised here, for want of a Docker daemon: building the image (the pip installs, the CUDA
+torch wheel, the build-time import check), starting any container (migrate's exit status, the
+healthcheck against a live API, depends_on ordering at run time, SIGTERM and stop_grace_period),
+and the GPU reservations (the NVIDIA runtime, ``--gpus all`` seeing the devices).
 """
 
 from __future__ import annotations
@@ -21,23 +27,31 @@ import subprocess
 import sys
 from importlib import import_module
 from importlib.metadata import requires, version
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
-import typer.main
 import yaml
 
-import service.cli
 from search import storage
 from service.settings import Settings
+from tests.deploy.support import (
+    DOCKERFILE,
+    DOCS,
+    ROOT,
+    argv,
+    check_bnsweep_argv,
+    dockerfile_instructions,
+    dockerignore_patterns,
+    exec_form,
+    ignored,
+    settings_env_names,
+    settings_from_env,
+    unavailable,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
-DOCKERFILE = ROOT / "Dockerfile"
-DOCKERIGNORE = ROOT / ".dockerignore"
-DOCS = ROOT / "docs" / "deployment.md"
-
 REQUIRED_SERVICES = ("postgres", "migrate", "api", "worker")
 _INTERPOLATION = re.compile(r"\$\{(\w+)(?::?-([^}]*))?\}")
 
@@ -72,10 +86,6 @@ def bnsweep_services(services: dict[str, dict[str, Any]]) -> dict[str, dict[str,
     return {name: svc for name, svc in services.items() if name != "postgres"}
 
 
-def argv(command: str | list[Any]) -> list[str]:
-    return shlex.split(command) if isinstance(command, str) else [str(a) for a in command]
-
-
 def environment(svc: dict[str, Any]) -> dict[str, str]:
     env = svc.get("environment") or {}
     if isinstance(env, list):
@@ -98,61 +108,6 @@ def seconds(duration: str | int | float) -> float:
     parts = re.findall(r"(\d+(?:\.\d+)?)(ms|us|h|m|s)", duration)
     assert parts and "".join(n + u for n, u in parts) == duration, f"bad duration {duration!r}"
     return sum(float(n) * units[u] for n, u in parts)
-
-
-def dockerfile_instructions() -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
-    instructions: list[tuple[str, str]] = []
-    pending = ""
-    for line in DOCKERFILE.read_text().splitlines():
-        stripped = line.strip()
-        if not pending and (not stripped or stripped.startswith("#")):
-            continue
-        if stripped.startswith("#"):  # a comment inside a continued instruction
-            continue
-        if stripped.endswith("\\"):
-            pending += stripped[:-1] + " "
-            continue
-        full = pending + stripped
-        pending = ""
-        keyword, _, rest = full.partition(" ")
-        instructions.append((keyword.upper(), rest.strip()))
-    assert not pending, "Dockerfile ends inside a continued instruction"
-    return instructions
-
-
-def exec_form(arguments: str) -> list[str]:
-    assert arguments.startswith("["), f"use the exec form (JSON list) for signals: {arguments}"
-    return yaml.safe_load(arguments)  # a JSON list is YAML
-
-
-def cli_group() -> Any:
-    service.cli._register_commands()
-    return typer.main.get_command(service.cli.app)
-
-
-def resolve_cli(tokens: list[str]) -> tuple[Any, list[str]]:
-    """The (sub)command named by the leading tokens of ``bnsweep ...``, and the words it used."""
-    command, path = cli_group(), []
-    for token in tokens:
-        commands = getattr(command, "commands", None)
-        if commands is None or token.startswith("-"):
-            break
-        assert token in commands, f"`bnsweep {' '.join([*path, token])}`: no such command"
-        command = commands[token]
-        path.append(token)
-    assert path, f"`bnsweep {' '.join(tokens)}` names no command"
-    return command, path
-
-
-def check_bnsweep_argv(args: list[str]) -> None:
-    command, path = resolve_cli(args)
-    assert not hasattr(command, "commands"), f"`bnsweep {' '.join(path)}` needs a subcommand"
-    options = {opt for param in command.params for opt in param.opts}
-    for token in args[len(path) :]:
-        if token.startswith("--"):
-            name = token.split("=", 1)[0]
-            assert name in options, f"`bnsweep {' '.join(path)}` has no option {name}"
 
 
 # --- compose: services and their wiring --------------------------------------------------------
@@ -283,8 +238,7 @@ def test_common_settings_come_from_one_anchor() -> None:
 
 
 def test_env_vars_are_settings_fields(services: dict[str, dict[str, Any]]) -> None:
-    prefix = Settings.model_config["env_prefix"]
-    fields = {prefix + name.upper() for name in Settings.model_fields}
+    fields = settings_env_names()
     used = {k for svc in services.values() for k in environment(svc) if k.startswith("BNSWEEP_")}
     used |= set(re.findall(r"\bBNSWEEP_\w+", DOCKERFILE.read_text()))
     assert used, "no BNSWEEP_ settings found"
@@ -295,17 +249,23 @@ def test_env_vars_are_settings_fields(services: dict[str, dict[str, Any]]) -> No
 def test_env_values_parse_as_settings(
     services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for key in list(os.environ):
-        if key.startswith("BNSWEEP_"):
-            monkeypatch.delenv(key)
-    monkeypatch.chdir(ROOT / "tests")  # no stray .env
     for name, svc in bnsweep_services(services).items():
-        with monkeypatch.context() as m:
-            for key, value in environment(svc).items():
-                m.setenv(key, value)
-            settings = Settings()
-            assert settings.auth is True, f"{name}: writes must need an API key"
-            assert str(settings.data_dir) == "/data"
+        settings = settings_from_env(environment(svc), monkeypatch)
+        assert settings.auth is True, f"{name}: writes must need an API key"
+        assert str(settings.data_dir) == "/data"
+
+
+def test_cli_in_any_container_reaches_the_api(
+    services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``docker compose run --rm api bnsweep submit ...`` is a new container: 127.0.0.1 there
+    is not the API; the API service's name and container port are."""
+    for name, svc in bnsweep_services(services).items():
+        url = urlsplit(settings_from_env(environment(svc), monkeypatch).base_url)
+        assert url.hostname == "api", f"{name}: BNSWEEP_API_URL should name the api service"
+        port = url.port or 80
+        api_args = argv(services["api"]["command"])
+        assert str(port) == api_args[api_args.index("--port") + 1], f"{name}: not the API's port"
 
 
 def test_bnsweep_commands_exist(services: dict[str, dict[str, Any]]) -> None:
@@ -340,6 +300,8 @@ def test_docs_bnsweep_commands_exist() -> None:
         for line in block.replace("\\\n", " ").splitlines():
             tokens = shlex.split(line, comments=True) if line.strip() else []
             for i, token in enumerate(tokens):
+                if i and tokens[i - 1] in ("-n", "--namespace"):  # kubectl -n bnsweep ...
+                    continue
                 if token == "bnsweep" and i + 1 < len(tokens) and tokens[i + 1][:1].isalpha():
                     rest = tokens[i + 1 :]
                     if "|" in rest:
@@ -480,28 +442,70 @@ def test_dockerfile_smoke_imports_exist() -> None:
             import_module(module)
 
 
-def ignored(path: str, patterns: list[str]) -> bool:
-    """Enough of .dockerignore's matching for our patterns (no `!` exceptions)."""
-    parts = path.split("/")
-    for pattern in patterns:
-        pattern = pattern.removeprefix("**/").strip("/")
-        if any(fnmatch.fnmatch("/".join(parts[: i + 1]), pattern) for i in range(len(parts))):
-            return True
-        if any(fnmatch.fnmatch(p, pattern) for p in parts) and "/" not in pattern:
-            return True
-    return False
-
-
 def test_dockerignore_keeps_the_build_inputs() -> None:
-    lines = [ln.strip() for ln in DOCKERIGNORE.read_text().splitlines()]
-    patterns = [ln for ln in lines if ln and not ln.startswith("#")]
-    assert not any(p.startswith("!") for p in patterns), "update ignored() for exceptions"
+    patterns = dockerignore_patterns()
     needed = ["pyproject.toml", "constraints.txt", "README.md", "migrations/versions/x.py"]
     needed += [f"{pkg}/__init__.py" for pkg in ("models", "search", "service", "migrations")]
     needed += ["migrations/script.py.mako"]
     assert not [p for p in needed if ignored(p, patterns)]
     for heavy in (".venv/bin/python", ".git/HEAD", "data/cifar/x", "bnsweep.db", "tests/x.py"):
         assert ignored(heavy, patterns), heavy
+
+
+def image_workdir() -> PurePosixPath:
+    """The working directory of the built image: its last WORKDIR, resolved."""
+    workdir = PurePosixPath("/")
+    for kind, arguments in dockerfile_instructions():
+        if kind == "WORKDIR":
+            workdir = workdir / arguments
+    return workdir
+
+
+def image_paths(repo_path: str) -> set[PurePosixPath]:
+    """Where the Dockerfile leaves ``repo_path`` of the build context in the final image.
+
+    Follows .dockerignore, WORKDIR, COPY from the context (a file or glob, a directory's
+    contents, or ``.``) and ``rm -r`` of absolute paths in RUN.
+    """
+    if ignored(repo_path, dockerignore_patterns()):
+        return set()
+    workdir, where = PurePosixPath("/"), set()
+    for kind, arguments in dockerfile_instructions():
+        if kind == "WORKDIR":
+            workdir = workdir / arguments
+        elif kind == "COPY":
+            args = argv(arguments)
+            assert not any(a.startswith("--from") for a in args), "update image_paths"
+            *sources, dest = [a for a in args if not a.startswith("--")]
+            target = workdir / dest
+            for source in sources:
+                src = source.strip("/").removeprefix("./")
+                if src in ("", "."):
+                    where.add(target / repo_path)
+                elif repo_path.startswith(src + "/"):
+                    where.add(target / repo_path.removeprefix(src + "/"))
+                elif fnmatch.fnmatch(repo_path, src):
+                    single = len(sources) == 1 and not dest.endswith("/") and src == repo_path
+                    where.add(target if single else target / PurePosixPath(repo_path).name)
+        elif kind == "RUN":
+            for removed in re.findall(r"\brm\s+-\w*[rR]\w*\s+(/\S+)", arguments):
+                where = {w for w in where if not w.is_relative_to(removed)}
+    return where
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in (ROOT / "examples").glob("*.yaml")))
+def test_examples_are_in_the_image_working_directory(example: str) -> None:
+    """``docker compose run --rm api bnsweep submit examples/<spec>`` finds the file."""
+    expected = image_workdir() / "examples" / example
+    where = image_paths(f"examples/{example}")
+    assert expected in where, f"examples/{example} is in the image at {where or 'no path'}"
+
+
+def test_image_paths_follow_the_dockerfile() -> None:
+    """The checker itself: /src (COPY . .) is removed after the install; tests/ is ignored."""
+    assert image_workdir() == PurePosixPath("/app")
+    assert image_paths("pyproject.toml") == set()
+    assert image_paths("tests/deploy/support.py") == set()
 
 
 # --- docs ---------------------------------------------------------------------------------------
@@ -512,6 +516,7 @@ def test_docs_cover_operations() -> None:
     for needle in (
         "docker compose up -d --scale worker=",
         "docker compose run --rm api bnsweep keys create",
+        "api bnsweep submit examples/mnist1d.yaml",
         "/dashboard",
         "max_connections",
         "--gpus all",
@@ -538,7 +543,7 @@ def compose_tool() -> list[str] | None:
 def test_compose_config_with_docker_compose(tmp_path: Path, profile: str | None) -> None:
     tool = compose_tool()
     if tool is None:
-        pytest.skip("neither `docker compose` nor `docker-compose` is installed")
+        unavailable("neither `docker compose` nor `docker-compose` (Debian package) is installed")
     env = {
         k: v
         for k, v in os.environ.items()
