@@ -31,9 +31,9 @@ def _outside(info: SettingInfo) -> list[Any]:
     step = 1 if info.kind is Kind.INT else 1e-9
     values: list[Any] = []
     if low is not None:
-        values.append((low - step if low_incl else low))
+        values.append(low - step if low_incl else low)
     if high is not None:
-        values.append((high + step if high_incl else high))
+        values.append(high + step if high_incl else high)
     return [int(v) if info.kind is Kind.INT else float(v) for v in values]
 
 
@@ -78,8 +78,8 @@ def test_every_spec_setting_has_a_home_in_the_spec_and_a_train_flag() -> None:
                 type(spec.training).model_fields
             )
     # The spec's defaults are the trainer's defaults for everything not searched by default.
-    config = spec.train_config({"learning_rate": 0.05, "momentum": 0.9, "bn_momentum": 0.1,
-                                "bn_placement": "before_activation", "batch_size": 128})  # fmt: skip
+    sampled = {"learning_rate": 0.05, "momentum": 0.9, "bn_momentum": 0.1, "batch_size": 128}
+    config = spec.train_config(sampled | {"bn_placement": "before_activation"})
     default = TrainConfig(model="mlp", dataset="synthetic")
     for info in SPEC_SETTINGS:
         assert getattr(config, info.name) == getattr(default, info.name), info.name
