@@ -1,21 +1,29 @@
-"""Test helpers shared by the search, service and reliability suites: tiny specs, worker
-processes (real ``python -m service worker`` subprocesses), polling."""
+"""Test helpers shared by the search, service, browser and reliability suites: tiny specs, worker
+processes (real ``python -m service worker`` subprocesses) and threads, a live uvicorn server,
+polling."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import uvicorn
+
 from search.spec import StudySpec, parse_spec
 from search.storage import get_engine, get_storage
 from search.studies import TrialCounts, counts_for, create_study, get_study_row
+from search.worker import Worker, WorkerOptions
+from service.app import create_app
+from service.settings import Settings
 
 PLUGIN_DIR = Path(__file__).parent / "plugins"
 HEARTBEAT_S = 1
@@ -114,3 +122,42 @@ def wait_for(predicate: Callable[[], bool], timeout: float, every: float = 0.1) 
 def study_counts(url: str, name: str) -> TrialCounts:
     row = get_study_row(get_engine(url), name)
     return counts_for(get_engine(url), row.optuna_study_id)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(settings: Settings) -> tuple[uvicorn.Server, threading.Thread, str]:
+    """Run the app under uvicorn in a thread; return once it accepts connections."""
+    port = _free_port()
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    return server, thread, f"http://127.0.0.1:{port}"
+
+
+def run_worker(db_url: str, study_name: str) -> threading.Thread:
+    """A worker thread that runs ``study_name`` until the study ends."""
+    options = WorkerOptions(
+        db_url,
+        device="cpu",
+        study_name=study_name,
+        exit_when_done=True,
+        poll_s=0.2,
+        heartbeat_interval_s=1,
+        grace_period_s=5,
+    )
+    thread = threading.Thread(target=Worker(options).run, daemon=True)
+    thread.start()
+    return thread

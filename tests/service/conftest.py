@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -11,15 +9,13 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 import migrations
 from models.registry import load_plugins
 from search.storage import get_engine
-from search.worker import Worker, WorkerOptions
-from service.app import create_app
 from service.auth import create_key
 from service.settings import Settings
+from tests.support import run_worker, start_server
 
 MAX_BODY_BYTES = 20_000
 
@@ -52,29 +48,6 @@ class LiveServer:
         return httpx.Client(base_url=self.url, headers=headers, timeout=30)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(settings: Settings) -> tuple[uvicorn.Server, threading.Thread, str]:
-    """Run the app under uvicorn in a thread; return once it accepts connections."""
-    port = _free_port()
-    config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    return server, thread, f"http://127.0.0.1:{port}"
-
-
 @pytest.fixture(scope="module")
 def server(db_url: str) -> Iterator[LiveServer]:
     """The API (auth on) on a migrated database, with one valid key."""
@@ -93,22 +66,6 @@ def server(db_url: str) -> Iterator[LiveServer]:
     yield LiveServer(url, db_url, key, settings)
     uv.should_exit = True
     thread.join(timeout=10)
-
-
-def run_worker(db_url: str, study_name: str) -> threading.Thread:
-    """A worker thread that runs ``study_name`` until the study ends."""
-    options = WorkerOptions(
-        db_url,
-        device="cpu",
-        study_name=study_name,
-        exit_when_done=True,
-        poll_s=0.2,
-        heartbeat_interval_s=1,
-        grace_period_s=5,
-    )
-    thread = threading.Thread(target=Worker(options).run, daemon=True)
-    thread.start()
-    return thread
 
 
 def wait_for_status(
