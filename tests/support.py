@@ -18,9 +18,11 @@ from typing import Any
 
 import uvicorn
 
-from search.spec import StudySpec, parse_spec
+from search.spec import StudySpec
+from search.states import TrialCounts
 from search.storage import get_engine, get_storage
-from search.studies import TrialCounts, counts_for, create_study, get_study_row
+from search.studies import counts_for, create_study, get_study_row
+from search.validate import parse_spec
 from search.worker import Worker, WorkerOptions
 from service.app import create_app
 from service.settings import Settings
