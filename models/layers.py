@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -58,75 +59,118 @@ class NormSpec:
 # --- ghost batch normalization ------------------------------------------------------------------
 
 
+def ghost_batch_norm(
+    x: torch.Tensor,
+    ghost_batch_size: int | None,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """Training-mode BN of ``x`` (N, C, *S) over virtual batches of ``ghost_batch_size`` samples.
+
+    Each chunk is normalized with its own mean and (biased) variance. A final chunk of one sample
+    is merged into the previous chunk (its variance would be undefined).
+
+    Returns:
+        (output, per-chunk means, per-chunk unbiased variances), the statistics as (k, C); None
+        when the batch is a single chunk, i.e. plain BN applies.
+    """
+    g = ghost_batch_size
+    if g is None or x.shape[0] <= g:
+        return None
+    n = x.shape[0]
+    full, rest = divmod(n, g)
+    if rest == 1:  # merge a lone sample into the last full chunk
+        if full == 1:  # g + 1 samples: that chunk is the whole batch
+            return None
+        full, rest = full - 1, g + 1
+    head = x[: full * g].reshape(full, g, *x.shape[1:])
+    y_head, mean_h, var_h = _normalize_chunks(head, weight, bias, eps)
+    if rest == 0:
+        return y_head.reshape_as(x), mean_h, var_h
+    tail = x[full * g :].unsqueeze(0)
+    y_tail, mean_t, var_t = _normalize_chunks(tail, weight, bias, eps)
+    y = torch.cat([y_head.reshape(full * g, *x.shape[1:]), y_tail[0]])
+    return y, torch.cat([mean_h, mean_t]), torch.cat([var_h, var_t])
+
+
+def _normalize_chunks(
+    chunks: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Normalize (k, m, C, *S) per chunk; return output, means and unbiased variances (k, C)."""
+    dims = (1, *range(3, chunks.dim()))
+    mean = chunks.mean(dim=dims, keepdim=True)
+    var = chunks.var(dim=dims, unbiased=False, keepdim=True)
+    y = (chunks - mean) * torch.rsqrt(var + eps)
+    if weight is not None and bias is not None:
+        shape = (1, 1, -1) + (1,) * (chunks.dim() - 3)
+        y = y * weight.view(shape) + bias.view(shape)
+    count = chunks.numel() // (chunks.shape[0] * chunks.shape[2])
+    k, c = chunks.shape[0], chunks.shape[2]
+    unbiased = var.detach().reshape(k, c) * (count / max(count - 1, 1))
+    return y, mean.detach().reshape(k, c), unbiased
+
+
+@torch.no_grad()
+def update_running_stats(
+    layer: _BatchNorm,
+    means: torch.Tensor,
+    variances: torch.Tensor,
+    momentum: float | torch.Tensor | None,
+) -> None:
+    """Fold k batch statistics (k, C) into ``layer``'s running statistics as k BN steps in a row.
+
+    Args:
+        layer: Its running mean/var hold C values (any shape; updated through a flat view).
+        means: Per-step means, (k, C).
+        variances: Per-step unbiased variances, (k, C).
+        momentum: PyTorch's convention; one float for all channels or a (C,) tensor (one per
+            channel, e.g. per fused member); None = cumulative average, as PyTorch does.
+    """
+    assert layer.running_mean is not None and layer.running_var is not None
+    assert layer.num_batches_tracked is not None
+    running_mean, running_var = layer.running_mean.view(-1), layer.running_var.view(-1)
+    k = means.shape[0]
+    if momentum is None:  # cumulative average; reads the count, so only here (a host sync)
+        tracked = int(layer.num_batches_tracked)
+        total = tracked + k
+        running_mean.mul_(tracked / total).add_(means.sum(0) / total)
+        running_var.mul_(tracked / total).add_(variances.sum(0) / total)
+    else:
+        m = momentum
+        # Sequential EMA over k steps: r_k = (1-m)^k r_0 + sum_i m (1-m)^(k-1-i) s_i.
+        powers = torch.arange(k - 1, -1, -1, device=means.device, dtype=means.dtype).unsqueeze(1)
+        weights = m * (1 - m) ** powers  # (k, 1), or (k, C) for a per-channel momentum
+        running_mean.mul_((1 - m) ** k).add_((weights * means).sum(0))
+        running_var.mul_((1 - m) ** k).add_((weights * variances).sum(0))
+    layer.num_batches_tracked.add_(k)
+
+
 class _GhostBatchNorm(_BatchNorm):
     """BN whose training-mode statistics come from virtual batches of ``ghost_batch_size`` samples.
 
-    Each chunk is normalized with its own mean and (biased) variance; the running statistics are
-    updated as if BN had seen the chunks one after another (closed form, no Python loop). A final
-    chunk of one sample is merged into the previous chunk (its variance would be undefined).
-    Evaluation mode is plain BN with running statistics.
+    See ``ghost_batch_norm``; the running statistics are updated as if BN had seen the chunks one
+    after another (closed form, no Python loop). Evaluation mode is plain BN with running
+    statistics.
     """
 
-    def __init__(self, num_features: int, ghost_batch_size: int | None = None, **kwargs) -> None:
+    def __init__(
+        self, num_features: int, ghost_batch_size: int | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(num_features, **kwargs)
         self.ghost_batch_size = ghost_batch_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        g = self.ghost_batch_size
-        if not self.training or g is None or x.shape[0] <= g:
+        if not self.training:
             return super().forward(x)
         self._check_input_dim(x)
-        n = x.shape[0]
-        full, rest = divmod(n, g)
-        if rest == 1:  # merge a lone sample into the last full chunk
-            if full == 1:  # g + 1 samples: that chunk is the whole batch
-                return super().forward(x)
-            full, rest = full - 1, g + 1
-        head = x[: full * g].reshape(full, g, *x.shape[1:])
-        y_head, mean_h, var_h = self._normalize_chunks(head)
-        if rest == 0:
-            y, means, variances = y_head.reshape_as(x), mean_h, var_h
-        else:
-            tail = x[full * g :].unsqueeze(0)
-            y_tail, mean_t, var_t = self._normalize_chunks(tail)
-            y = torch.cat([y_head.reshape(full * g, *x.shape[1:]), y_tail[0]])
-            means, variances = torch.cat([mean_h, mean_t]), torch.cat([var_h, var_t])
+        chunked = ghost_batch_norm(x, self.ghost_batch_size, self.weight, self.bias, self.eps)
+        if chunked is None:
+            return super().forward(x)
+        y, means, variances = chunked
         if self.track_running_stats and self.running_mean is not None:
-            self._update_running_stats(means, variances)
+            update_running_stats(self, means, variances, self.momentum)
         return y
-
-    def _normalize_chunks(
-        self, chunks: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Normalize (k, m, C, *S) per chunk; return output, means and unbiased variances (k, C)."""
-        dims = (1, *range(3, chunks.dim()))
-        mean = chunks.mean(dim=dims, keepdim=True)
-        var = chunks.var(dim=dims, unbiased=False, keepdim=True)
-        y = (chunks - mean) * torch.rsqrt(var + self.eps)
-        if self.affine:
-            shape = (1, 1, -1) + (1,) * (chunks.dim() - 3)
-            y = y * self.weight.view(shape) + self.bias.view(shape)
-        count = chunks.numel() // (chunks.shape[0] * chunks.shape[2])
-        k, c = chunks.shape[0], chunks.shape[2]
-        unbiased = var.detach().reshape(k, c) * (count / max(count - 1, 1))
-        return y, mean.detach().reshape(k, c), unbiased
-
-    @torch.no_grad()
-    def _update_running_stats(self, means: torch.Tensor, variances: torch.Tensor) -> None:
-        k = means.shape[0]
-        tracked = int(self.num_batches_tracked)
-        self.num_batches_tracked.add_(k)
-        if self.momentum is None:  # cumulative average, as PyTorch does with momentum=None
-            total = tracked + k
-            self.running_mean.mul_(tracked / total).add_(means.sum(0) / total)
-            self.running_var.mul_(tracked / total).add_(variances.sum(0) / total)
-            return
-        m = self.momentum
-        # Sequential EMA over k chunks: r_k = (1-m)^k r_0 + sum_i m (1-m)^(k-1-i) s_i.
-        powers = torch.arange(k - 1, -1, -1, device=means.device, dtype=means.dtype)
-        weights = (m * (1 - m) ** powers).unsqueeze(1)
-        self.running_mean.mul_((1 - m) ** k).add_((weights * means).sum(0))
-        self.running_var.mul_((1 - m) ** k).add_((weights * variances).sum(0))
 
 
 class GhostBatchNorm1d(_GhostBatchNorm, nn.BatchNorm1d):
