@@ -45,19 +45,35 @@ def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
+_DRIVERS = {
+    # psycopg 3 for PostgreSQL (pg8000 breaks past 32,767 trials); PyMySQL for MySQL/MariaDB.
+    "postgresql://": "postgresql+psycopg://",
+    "postgres://": "postgresql+psycopg://",
+    "mysql://": "mysql+pymysql://",
+    "mariadb://": "mysql+pymysql://",
+}
+
+
 def normalize_url(url: str) -> str:
-    """Use psycopg 3 for PostgreSQL URLs without a driver (pg8000 breaks past 32,767 trials)."""
-    for prefix in ("postgresql://", "postgres://"):
+    """A database URL with bnsweep's driver when it names none."""
+    for prefix, driver in _DRIVERS.items():
         if url.startswith(prefix):
-            return "postgresql+psycopg://" + url.removeprefix(prefix)
+            return driver + url.removeprefix(prefix)
     return url
+
+
+def is_mysql(url: str) -> bool:
+    return url.startswith(("mysql", "mariadb"))
 
 
 def engine_kwargs(url: str, pool_size: int = WORKER_POOL_SIZE) -> dict[str, Any]:
     """Connection options shared by our engine and Optuna's storage (at most 2 × pool_size)."""
     if is_sqlite(url):
         return {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
-    return {
+    # MySQL/MariaDB default to REPEATABLE READ: a claim's count after its row lock must see
+    # what committed meanwhile, as it does on PostgreSQL's default READ COMMITTED.
+    isolation = {"isolation_level": "READ COMMITTED"} if is_mysql(url) else {}
+    return isolation | {
         "pool_size": pool_size,
         "max_overflow": pool_size,
         "pool_pre_ping": True,  # Optuna sets it for MySQL only; a restarted PostgreSQL needs it too

@@ -73,9 +73,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # Indexes go with their tables (MariaDB refuses to drop one that backs a foreign key).
     op.drop_table("bnsweep_api_keys")
     op.drop_table("bnsweep_workers")
-    op.drop_index("ix_bnsweep_slots_study_state", table_name="bnsweep_slots")
     op.drop_table("bnsweep_slots")
-    op.drop_index("ix_bnsweep_studies_status", table_name="bnsweep_studies")
     op.drop_table("bnsweep_studies")

@@ -41,6 +41,13 @@ def storage_url(storage: str | None) -> str:
     return storage or get_settings().database_url
 
 
+def shown_url(url: str) -> str:
+    """A database URL fit for logs and terminals: the password masked."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
 def print_json(data: BaseModel | dict[str, Any] | list[Any]) -> None:
     """A model or plain data as indented JSON on stdout."""
     if hasattr(data, "model_dump_json"):

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from service.cli.common import StorageOpt, fail, storage_url, study_progress_bar
+from service.cli.common import StorageOpt, fail, shown_url, storage_url, study_progress_bar
 
 if TYPE_CHECKING:
     from search.spec import StudySpec
@@ -36,7 +36,7 @@ def migrate(storage: StorageOpt = None) -> None:
 
     url = storage_url(storage)
     migrations.upgrade(url)
-    typer.echo(f"database at {url} is at revision {migrations.current(url)}")
+    typer.echo(f"database at {shown_url(url)} is at revision {migrations.current(url)}")
 
 
 @app.command()

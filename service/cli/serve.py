@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
+from service.cli.common import shown_url
+
 if TYPE_CHECKING:
     from multiprocessing.context import SpawnProcess
 
@@ -73,7 +75,8 @@ def serve(
     base = f"http://{settings.host}:{settings.port}"
     auth = "on (writes need a key)" if settings.auth else "OFF"
     typer.echo(f"bnsweep API docs: {base}/docs\nOptuna dashboard: {base}/dashboard")
-    typer.echo(f"database: {settings.database_url}; auth {auth}; local workers: {workers}")
+    database = shown_url(settings.database_url)
+    typer.echo(f"database: {database}; auth {auth}; local workers: {workers}")
     try:
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
     except KeyboardInterrupt:
