@@ -47,12 +47,12 @@ class NormSpec:
 
     def check_placement(self, allowed: Iterable[Placement | str], model: str) -> None:
         """Raise ConfigError (field ``bn_placement``) unless the placement is in ``allowed``."""
-        allowed = [Placement(p) for p in allowed]
-        if self.placement not in allowed:
+        placements = [Placement(p) for p in allowed]
+        if self.placement not in placements:
             raise ConfigError(
                 "bn_placement",
                 f"{self.placement.value!r} is not supported by model {model!r}; "
-                f"supported: {', '.join(p.value for p in allowed)}",
+                f"supported: {', '.join(p.value for p in placements)}",
             )
 
 
@@ -163,7 +163,7 @@ class _GhostBatchNorm(_BatchNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return super().forward(x)
-        self._check_input_dim(x)
+        self._check_input_dim(x)  # type: ignore[no-untyped-call]
         chunked = ghost_batch_norm(x, self.ghost_batch_size, self.weight, self.bias, self.eps)
         if chunked is None:
             return super().forward(x)

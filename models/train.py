@@ -164,7 +164,7 @@ def _fit(
     model = build_model(config, builder, model_params, data)
     channels_last = uses_channels_last(device, model)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(device, memory_format=memory_format)
+    model = model.to(device, memory_format=memory_format)  # type: ignore[call-overload]
     autocast = autocast_for(device, config.bf16)
     prepare = prepare_for(channels_last)
 
@@ -260,7 +260,7 @@ def train_step(
     with autocast():
         loss = F.cross_entropy(model(x), y)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    loss.backward()  # type: ignore[no-untyped-call]
     optimizer.step()
     return loss
 
