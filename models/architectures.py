@@ -2,7 +2,9 @@
 
 Every builder has the signature ``build(input_shape, num_classes, norm, **params) -> nn.Module`` and
 declares the BN placements it supports with the ``placements`` tag, so callers can validate a
-configuration before building anything (``MODELS.get(name).tags["placements"]``).
+configuration before building anything (``MODELS.get(name).tags["placements"]``). ``fusable=True``
+says that K built models can be trained as one (``models.fused``): their leaves are layers the
+fused executor knows, and parent modules only compose children with layout-agnostic ops (``+``).
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ def _channels_first(input_shape: tuple[int, ...], dims: int, model: str) -> tupl
     ),
     description="Multilayer perceptron on the flattened input.",
     placements=POST_PLACEMENTS,
+    fusable=True,
 )
 def build_mlp(
     input_shape: tuple[int, ...],
@@ -108,6 +111,7 @@ def build_mlp(
     ),
     description="1-D CNN for signals such as MNIST-1D (input (L,) or (C, L)).",
     placements=POST_PLACEMENTS,
+    fusable=True,
 )
 def build_cnn1d(
     input_shape: tuple[int, ...],
@@ -161,6 +165,7 @@ def build_cnn1d(
     ),
     description="2-D CNN for images (1x8x8 digits, 1x28x28 MNIST, 3x32x32 CIFAR-10).",
     placements=POST_PLACEMENTS,
+    fusable=True,
 )
 def build_cnn2d(
     input_shape: tuple[int, ...],
@@ -305,6 +310,7 @@ class ResNet(nn.Module):
     ),
     description="Small CIFAR-style ResNet; the only model supporting pre_activation placement.",
     placements=ALL_PLACEMENTS,
+    fusable=True,
 )
 def build_resnet(
     input_shape: tuple[int, ...],

@@ -3,11 +3,14 @@
 - ``sleepy_mlp``: the built-in MLP that sleeps ``delay_s`` per training batch, so a test can catch a
   trial mid-training (kill a worker, cancel a study) without a big dataset.
 - ``oom_mlp``: raises CUDA's out-of-memory error type in training, on any device.
+- ``fused_oom_mlp``: a fusable MLP whose fused form raises that error above ``max_members``
+  members (0: even alone).
 - ``counted_synthetic``: a small synthetic dataset that counts how often it is built.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -57,6 +60,37 @@ def sleepy_mlp(
 )
 def oom_mlp(input_shape: tuple[int, ...], num_classes: int, norm: NormSpec) -> nn.Module:
     return _Wrapped(_mlp(input_shape, num_classes, norm), oom=True)
+
+
+class _MemoryHungry(nn.Module):
+    """Runs out of memory in training once its input carries more than ``max_members`` fused
+    members (the fused layout puts K members' features side by side)."""
+
+    def __init__(self, inner: nn.Module, features: int, max_members: int) -> None:
+        super().__init__()
+        self.inner = inner
+        self.features = features
+        self.max_members = max_members
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        members = x[0].numel() // self.features
+        if self.training and members > self.max_members:
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory ({members} fused members)")
+        return self.inner(x)
+
+
+@MODELS.register(
+    "fused_oom_mlp",
+    params=(Param("max_members", "int", 1, "largest group that fits", low=0, high=64),),
+    description="MLP whose fused form runs out of memory above a group size (tests)",
+    placements=("before_activation", "after_activation", "none"),
+    fusable=True,
+)
+def fused_oom_mlp(
+    input_shape: tuple[int, ...], num_classes: int, norm: NormSpec, max_members: int
+) -> nn.Module:
+    inner = _mlp(input_shape, num_classes, norm)
+    return _MemoryHungry(inner, math.prod(input_shape), max_members)
 
 
 # --- a dataset that counts how often it is built ------------------------------------------------
