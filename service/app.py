@@ -10,6 +10,7 @@ import logging
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -61,6 +62,23 @@ class Reaper(threading.Thread):
                 log.warning("reaper: %s", first_line(exc))
 
 
+def _add_spec_schemas(app: FastAPI) -> None:
+    """Put the spec body's schemas (parsed by hand, so FastAPI cannot see them) into the OpenAPI
+    components, where the submit route's request body refers to them."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for name, definition in studies.spec_schemas().items():
+                assert components.get(name, definition) == definition, f"two schemas {name!r}"
+                components[name] = definition
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app for ``settings`` (default: the process settings)."""
     settings = settings or get_settings()
@@ -91,6 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = make_registry(engine, settings.grace_period_s)
     errors.install(app)
     app.include_router(studies.router, prefix="/api/v1")
+    _add_spec_schemas(app)
     app.include_router(system.api, prefix="/api/v1")
     app.include_router(system.ops)
     docs.install(app)

@@ -57,11 +57,20 @@ _SPEC_BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": StudySpec.model_json_schema(mode="validation")},
+            "application/json": {"schema": {"$ref": "#/components/schemas/StudySpec"}},
             "application/yaml": {"schema": {"type": "string"}},
         },
     }
 }
+
+
+def spec_schemas() -> dict[str, Any]:
+    """StudySpec and the models it uses, as OpenAPI components (``_SPEC_BODY`` refers to them):
+    pydantic's ``#/$defs/...`` references would point nowhere inside an OpenAPI document."""
+    schema = StudySpec.model_json_schema(
+        mode="validation", ref_template="#/components/schemas/{model}"
+    )
+    return {"StudySpec": schema, **schema.pop("$defs", {})}
 
 
 def parse_body(body: bytes, content_type: str | None, limits: Limits) -> StudySpec:

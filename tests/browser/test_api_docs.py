@@ -14,12 +14,6 @@ from tests.browser.playwright_api import Page, expect
 
 pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("browser")]
 
-SCHEMA_BUG = (
-    "POST /api/v1/studies documents its body with StudySpec's JSON schema inline, whose "
-    "'#/$defs/...' refs resolve against the document root, where there is no $defs: Swagger UI "
-    "shows resolver errors and ReDoc 'Invalid reference token: $defs' (service/api/studies.py)"
-)
-
 
 @pytest.fixture(scope="module")
 def operations(live_server) -> set[tuple[str, str]]:
@@ -46,7 +40,6 @@ def test_swagger_ui_lists_every_operation_offline(page: Page, operations, offsit
     assert offsite_requests == []
 
 
-@pytest.mark.xfail(strict=True, reason=SCHEMA_BUG)
 def test_swagger_ui_documents_the_study_spec_body(page: Page) -> None:
     page.goto("/docs")
     operation = page.locator("#operations-studies-submit_api_v1_studies_post")
@@ -70,7 +63,6 @@ def test_redoc_runs_offline(page: Page, offsite_requests) -> None:
     assert offsite_requests == []
 
 
-@pytest.mark.xfail(strict=True, reason=SCHEMA_BUG)
 def test_redoc_lists_every_operation(page: Page, operations) -> None:
     page.goto("/redoc")
     verbs = page.locator("redoc span.http-verb")
