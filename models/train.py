@@ -161,13 +161,7 @@ def _fit(
 ) -> None:
     data = data.to(device)
     torch.manual_seed(config.seed)  # dropout and anything else drawing from the global RNG
-    model = build_model(config, builder, model_params, data)
-    channels_last = uses_channels_last(device, model)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(device, memory_format=memory_format)  # type: ignore[call-overload]
-    autocast = autocast_for(device, config.bf16)
-    prepare = prepare_for(channels_last)
-
+    model, autocast, prepare = place_model(config, builder, model_params, data, device)
     optimizer = make_optimizer(config, model)
     batches_per_epoch = len(batch_bounds(len(data.y_train), config))
     lr_at = lr_factor(config, batches_per_epoch)
@@ -247,6 +241,22 @@ def build_model(
     model = builder(data.input_shape, data.num_classes, norm, **model_params)
     init_weights(model, config.init, config.init_std, seed=config.seed)
     return model
+
+
+def place_model(
+    config: TrainConfig,
+    builder: Callable[..., nn.Module],
+    model_params: dict[str, Any],
+    data: Dataset,
+    device: torch.device,
+) -> tuple[nn.Module, Autocast, Prepare]:
+    """The model built by ``build_model`` on ``device`` in its memory format, with the autocast
+    and the input preparation that go with it."""
+    model = build_model(config, builder, model_params, data)
+    channels_last = uses_channels_last(device, model)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format)  # type: ignore[call-overload]
+    return model, autocast_for(device, config.bf16), prepare_for(channels_last)
 
 
 def train_step(
