@@ -74,6 +74,7 @@ def _add_spec_schemas(app: FastAPI) -> None:
             for name, definition in studies.spec_schemas().items():
                 assert components.get(name, definition) == definition, f"two schemas {name!r}"
                 components[name] = definition
+        assert app.openapi_schema is not None
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

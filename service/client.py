@@ -8,11 +8,11 @@ from typing import Any
 
 import httpx
 
+from search.analysis import StudyReport
 from search.results import BestResult, TrialSummary
 from search.states import TrialStateName
 from service.schemas import (
     ImportancePublic,
-    InsightsPublic,
     Order,
     Page,
     RegistryPublic,
@@ -68,7 +68,8 @@ class Client:
 
     # --- transport
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """The response, or ApiError for an error answer or no answer."""
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
@@ -81,6 +82,10 @@ class Client:
             except (ValueError, AttributeError):
                 detail = response.text or response.reason_phrase
             raise ApiError(response.status_code, detail)
+        return response
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._send(method, path, **kwargs)
         return response.json() if response.content else None
 
     def study_id(self, study: int | str) -> int:
@@ -154,9 +159,12 @@ class Client:
         body = self._request("GET", f"{self._path(study)}/importance")
         return ImportancePublic.model_validate(body)
 
-    def insights(self, study: int | str) -> InsightsPublic:
-        body = self._request("GET", f"{self._path(study)}/insights")
-        return InsightsPublic.model_validate(body)
+    def report(self, study: int | str) -> StudyReport:
+        return StudyReport.model_validate(self._request("GET", f"{self._path(study)}/report"))
+
+    def report_html(self, study: int | str) -> str:
+        """The report as a self-contained HTML page."""
+        return self._send("GET", f"{self._path(study)}/report.html").text
 
     def cancel(self, study: int | str) -> StudyPublic:
         return StudyPublic.model_validate(self._request("POST", f"{self._path(study)}/cancel"))

@@ -3,13 +3,14 @@ run``: the same methods and models as ``service.client.Client``, no server neede
 
 from __future__ import annotations
 
+from search.analysis import StudyReport, render_html
 from search.db import StudyRow
 from search.results import BestResult, TrialSummary
 from search.states import TrialStateName
 from search.storage import get_engine, get_storage
 from search.studies import get_study_row
 from service import queries
-from service.schemas import ImportancePublic, InsightsPublic, Order, SortKey, StudyPublic
+from service.schemas import ImportancePublic, Order, SortKey, StudyPublic
 
 
 class DatabaseClient:
@@ -42,5 +43,9 @@ class DatabaseClient:
     def importance(self, study: int | str) -> ImportancePublic:
         return queries.importance(self.storage, self._row(study))
 
-    def insights(self, study: int | str) -> InsightsPublic:
-        return queries.insights(self.storage, self._row(study))
+    def report(self, study: int | str) -> StudyReport:
+        return queries.report(self.storage, self._row(study))
+
+    def report_html(self, study: int | str) -> str:
+        """The report as a self-contained HTML page."""
+        return render_html(self.report(study))

@@ -11,13 +11,13 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import Engine
 
 from models.errors import first_line
+from search.analysis import StudyReport, analyze_study
 from search.db import StudyRow
 from search.errors import NotFoundError
-from search.insights import study_insights
 from search.results import BestResult, TrialSummary, best_result, best_trials
 from search.states import TrialStateName
 from search.studies import counts_for, spec_of
-from service.schemas import ImportancePublic, InsightsPublic, Order, Page, SortKey, StudyPublic
+from service.schemas import ImportancePublic, Order, Page, SortKey, StudyPublic
 
 
 def study_public(
@@ -94,8 +94,8 @@ def importance(storage: optuna.storages.BaseStorage, row: StudyRow) -> Importanc
     return ImportancePublic(importances=dict(values), target=target)
 
 
-def insights(storage: optuna.storages.BaseStorage, row: StudyRow) -> InsightsPublic:
-    """Which BN practices mattered (placement, batch size × learning rate, BN momentum,
-    eval-mode statistics, ghost / precise BN), with the evidence and its strength."""
-    trials = storage.get_all_trials(row.optuna_study_id, states=(TrialState.COMPLETE,))
-    return InsightsPublic.model_validate(study_insights(trials, spec_of(row)))
+def report(storage: optuna.storages.BaseStorage, row: StudyRow) -> StudyReport:
+    """Which BN practices mattered, each with a verdict, an effect and its 95% interval, and the
+    caveats of reading an adaptive sampler's trials (search/analysis)."""
+    trials = storage.get_all_trials(row.optuna_study_id, deepcopy=False)
+    return analyze_study(trials, spec_of(row))

@@ -7,7 +7,7 @@ Timestamps are UTC; SQLite returns naive datetimes, which are marked UTC here.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import BaseModel, Field
 
@@ -46,7 +46,8 @@ class StudyLinks(BaseModel):
     self: str
     trials: str
     best: str
-    insights: str
+    report: str
+    report_html: str
     dashboard: str
 
 
@@ -72,7 +73,8 @@ class StudySummary(BaseModel):
             self=base,
             trials=f"{base}/trials",
             best=f"{base}/best",
-            insights=f"{base}/insights",
+            report=f"{base}/report",
+            report_html=f"{base}/report.html",
             dashboard=f"/dashboard/studies/{row.optuna_study_id}",
         )
         return cls(
@@ -136,25 +138,6 @@ class ImportancePublic(BaseModel):
     importances: dict[str, float]
     target: str
     reason: str | None = None
-
-
-class FindingPublic(BaseModel):
-    """One BN practice's verdict, how strong the evidence is, and the numbers behind it."""
-
-    practice: str
-    verdict: str
-    strength: Literal["strong", "moderate", "weak", "insufficient data"]
-    evidence: dict[str, Any]
-
-
-class InsightsPublic(BaseModel):
-    """Which BN practices mattered in this study, strongest evidence first."""
-
-    metric: str
-    direction: str
-    trials_used: int
-    diverged: int
-    findings: list[FindingPublic]
 
 
 # --- system ---------------------------------------------------------------------------------------

@@ -6,8 +6,10 @@ import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
+from search.analysis import StudyReport, render_html
 from search.errors import SpecError
 from search.limits import Limits
 from search.results import BestResult, TrialSummary
@@ -29,7 +31,6 @@ from service.queries import study_public, trial_page
 from service.schemas import (
     ErrorBody,
     ImportancePublic,
-    InsightsPublic,
     Order,
     Page,
     SortKey,
@@ -166,11 +167,30 @@ def importance(study_id: StudyId, engine: EngineDep, storage: StorageDep) -> Imp
     return queries.importance(storage, get_study_row(engine, study_id))
 
 
-@router.get("/{study_id}/insights", responses=_NOT_FOUND)
-def insights(study_id: StudyId, engine: EngineDep, storage: StorageDep) -> InsightsPublic:
-    """Which BN practices mattered (placement, batch size × learning rate, BN momentum,
-    eval-mode statistics, ghost / precise BN), with the evidence and its strength."""
-    return queries.insights(storage, get_study_row(engine, study_id))
+@router.get("/{study_id}/report", responses=_NOT_FOUND)
+def report(study_id: StudyId, engine: EngineDep, storage: StorageDep) -> StudyReport:
+    """Why a configuration won: one finding per BN practice of the study (placement, learning-rate
+    stability, batch size × learning rate, BN momentum, eval-mode statistics, initialization,
+    ghost / precise BN), each with a verdict, an effect with its 95% interval and its source;
+    and the warnings that come with reading an adaptive sampler's trials."""
+    return queries.report(storage, get_study_row(engine, study_id))
+
+
+@router.get(
+    "/{study_id}/report.html",
+    response_class=HTMLResponse,
+    responses={**_NOT_FOUND, 200: {"content": {"text/html": {}}, "description": "The report"}},
+)
+def report_html(study_id: StudyId, engine: EngineDep, storage: StorageDep) -> HTMLResponse:
+    """The report as one self-contained HTML page with its plots (no script, no CDN)."""
+    result = queries.report(storage, get_study_row(engine, study_id))
+    return HTMLResponse(render_html(result))
+
+
+@router.get("/{study_id}/insights", responses=_NOT_FOUND, deprecated=True)
+def insights(study_id: StudyId, engine: EngineDep, storage: StorageDep) -> StudyReport:
+    """The report, under its former name."""
+    return queries.report(storage, get_study_row(engine, study_id))
 
 
 @router.post(

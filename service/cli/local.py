@@ -85,7 +85,7 @@ def run(
 
     import migrations
     from search.runner import Progress, run_study
-    from service.cli.studies import print_insights
+    from service.cli.studies import print_report
     from service.direct import DatabaseClient
 
     spec = read_spec_file(spec_file)
@@ -103,5 +103,5 @@ def run(
         final = run_study(url, spec, n_workers=workers, device=device, on_progress=show)
     console.print(f"study {spec.name!r} {final.status.value}: {final.counts.as_dict()}")
     client = DatabaseClient(url)
-    print_insights(client.insights(spec.name), console)
+    print_report(client.report(spec.name), console)
     typer.echo(client.best(spec.name).model_dump_json(indent=2))

@@ -1,4 +1,4 @@
-"""Commands on studies: submit, status, watch, trials, best, insights, importance, cancel, pause,
+"""Commands on studies: submit, status, watch, trials, best, report, importance, cancel, pause,
 resume, delete. Reads go through the API, or straight to a database with ``--storage``; both
 answer with the same models."""
 
@@ -15,9 +15,10 @@ from service.cli.common import JsonOpt, StorageOpt, StudyArg, fail, print_json, 
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from search.analysis import StudyReport
     from service.client import Client
     from service.direct import DatabaseClient
-    from service.schemas import InsightsPublic, StudyPublic
+    from service.schemas import StudyPublic
 
 app = typer.Typer()
 
@@ -175,29 +176,58 @@ def importance(study: StudyArg, storage: StorageOpt = None) -> None:
 
 
 @app.command()
-def insights(study: StudyArg, as_json: JsonOpt = False, storage: StorageOpt = None) -> None:
-    """Which BN practices mattered in a study, with the evidence."""
-    result = reader(storage).insights(study)
+def report(
+    study: StudyArg,
+    as_json: JsonOpt = False,
+    html: Annotated[
+        Path | None, typer.Option("--html", help="Also write the report as one HTML page here")
+    ] = None,
+    storage: StorageOpt = None,
+) -> None:
+    """Why a configuration won: one finding per BN practice with its effect, 95% interval and
+    source, and the caveats (``--html FILE`` for the page with plots)."""
+    source = reader(storage)
+    result = source.report(study)
+    if html is not None:
+        html.write_text(source.report_html(study))
     if as_json:
         print_json(result)
-        return
-    print_insights(result)
+    else:
+        print_report(result)
+    if html is not None:
+        typer.echo(f"HTML report written to {html}", err=True)
 
 
-def print_insights(result: InsightsPublic, console: Console | None = None) -> None:
-    """BN insights as a table: practice, strength, verdict."""
+@app.command(hidden=True)
+def insights(study: StudyArg, as_json: JsonOpt = False, storage: StorageOpt = None) -> None:
+    """The report, under its former name."""
+    report(study, as_json=as_json, html=None, storage=storage)
+
+
+def print_report(result: StudyReport, console: Console | None = None) -> None:
+    """The report's findings as a table (practice, strength, source, verdict, effect) and its
+    warnings."""
     from rich.console import Console
     from rich.table import Table
 
+    counts = result.counts
     table = Table(
-        title=f"BN insights on {result.metric} ({result.trials_used} trials, "
-        f"{result.diverged} diverged)"
+        title=f"BN report on {result.metric}: {result.study_name} ({counts.used} trials used)",
+        show_lines=True,
     )
-    for column in ("practice", "strength", "verdict"):
+    for column in ("practice", "strength", "source", "verdict", "effect [95% CI]"):
         table.add_column(column, overflow="fold")
     for f in result.findings:
-        table.add_row(f.practice, f.strength, f.verdict)
-    (console or Console()).print(table)
+        estimate = f.effect.get("estimate")
+        unit = f.effect.get("unit", "")
+        effect = "-" if estimate is None else f"{estimate:+.3g} {unit}".strip()
+        if f.ci95 is not None:
+            effect += f" [{f.ci95[0]:+.3g}, {f.ci95[1]:+.3g}]"
+        table.add_row(f.practice, f.strength, f.source, f.verdict, effect)
+    out = console or Console()
+    out.print(table)
+    for warning in result.warnings:
+        out.print(f"[yellow]warning:[/yellow] {warning}")
 
 
 def _change(action: str, study: str) -> None:

@@ -46,10 +46,11 @@ def test_submit_status_and_best(cli, server, spec, worker, tmp_path):
     assert code == 0 and json.loads(out)["config"]["model"] == "mlp"
     code, out, _ = cli("trials", "cli-study", "--csv")
     assert code == 0 and out.splitlines()[0].startswith("number,state,values")
-    code, out, _ = cli("insights", "cli-study")
-    assert code == 0 and "BN insights on val_accuracy (1 trials" in out
-    code, out, _ = cli("insights", "cli-study", "--json")
-    assert code == 0 and json.loads(out)["trials_used"] == 1
+    code, out, _ = cli("report", "cli-study", "--html", str(tmp_path / "report.html"))
+    assert code == 0 and "BN report on val_accuracy: cli-study (1 trials used)" in out
+    assert (tmp_path / "report.html").read_text().lower().startswith("<!doctype html>")
+    code, out, _ = cli("report", "cli-study", "--json", "--storage", server.db_url)
+    assert code == 0 and json.loads(out)["counts"]["used"] == 1
 
 
 def test_bad_spec_file_exits_2_with_one_line(cli, tmp_path):

@@ -48,7 +48,8 @@ def test_created_study_links_its_pages(server, spec):
         "self": f"/api/v1/studies/{study['id']}",
         "trials": f"/api/v1/studies/{study['id']}/trials",
         "best": f"/api/v1/studies/{study['id']}/best",
-        "insights": f"/api/v1/studies/{study['id']}/insights",
+        "report": f"/api/v1/studies/{study['id']}/report",
+        "report_html": f"/api/v1/studies/{study['id']}/report.html",
         "dashboard": f"/dashboard/studies/{study['optuna_study_id']}",
     }
 
@@ -89,16 +90,23 @@ def test_importance_of_a_finished_study(server, completed_study):
     assert set(result["importances"]) <= set(completed_study["spec"]["search_space"])
 
 
-def test_insights_report_each_varied_bn_practice_with_its_evidence(server, completed_study):
+def test_report_covers_each_varied_bn_practice_and_says_three_trials_prove_nothing(
+    server, completed_study
+):
     with server.client(key=None) as http:
-        result = http.get(completed_study["links"]["insights"]).json()
-    assert result["metric"] == "val_accuracy" and result["trials_used"] == 3
-    practices = {f["practice"]: f for f in result["findings"]}
-    # BN momentum is continuous in the tiny spec, so it always varies; three trials are too few
-    # for any verdict, and every finding carries its evidence.
-    assert "bn_momentum" in practices
+        result = http.get(completed_study["links"]["report"]).json()
+        page = http.get(completed_study["links"]["report_html"])
+        alias = http.get(f"{completed_study['links']['self']}/insights").json()
+    assert result["metric"] == "val_accuracy" and result["counts"]["used"] == 3
+    practices = {f["practice"] for f in result["findings"]}
+    # The tiny spec searches BN momentum and placement; three trials support no verdict.
+    assert {"bn_momentum", "placement"} <= practices
     assert {f["strength"] for f in result["findings"]} == {"insufficient data"}
-    assert all(f["evidence"] for f in result["findings"])
+    assert all(f["source"] == "study" and f["verdict"] for f in result["findings"])
+    assert any("observational" in w for w in result["warnings"])
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "<svg" in page.text or "insufficient data" in page.text
+    assert alias == result
 
 
 def test_importance_without_trials_is_empty_with_a_reason(server, spec):
