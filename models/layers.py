@@ -136,6 +136,9 @@ def update_running_stats(
         total = tracked + k
         running_mean.mul_(tracked / total).add_(means.sum(0) / total)
         running_var.mul_(tracked / total).add_(variances.sum(0) / total)
+    elif k == 1:  # one step (fused plain BN): r + m (s - r), two kernels
+        running_mean.lerp_(means[0], momentum)
+        running_var.lerp_(variances[0], momentum)
     else:
         m = momentum
         # Sequential EMA over k steps: r_k = (1-m)^k r_0 + sum_i m (1-m)^(k-1-i) s_i.
