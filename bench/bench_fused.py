@@ -4,7 +4,9 @@ For each batch size and K, K configurations that differ as a search's trials do 
 BN momentum; one seed, as a study sets it) train twice in one process: one after another with
 ``train`` and together with ``train_fused``. The sides alternate (sequential first on odd
 repeats); each is timed as a whole (build, epochs, validation, test), so trials per hour =
-K / wall seconds * 3600. On CUDA a thread samples GPU utilization during each side. The best K
+K / wall seconds * 3600 (best of the repeats). The ratio is also given by the process's CPU time
+(best of the repeats), which other jobs on a shared CPU disturb far less than wall time. On CUDA a
+thread samples GPU utilization during each side. The best K
 that ``best_group_size`` picks (a few timed steps) is printed beside the table. Examples:
 
     PYTHONPATH=. .venv/bin/python bench/bench_fused.py --model cnn1d --batch-sizes 32,128
@@ -23,7 +25,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import torch
 
@@ -95,49 +96,43 @@ def group(base: TrainConfig, k: int) -> list[TrainConfig]:
     return configs
 
 
-def timed(
-    run: Callable[[], list[TrainResult]], device: torch.device
-) -> tuple[float, float | None, list[TrainResult]]:
-    """(wall seconds, mean GPU utilization or None, results) of one side."""
+@dataclasses.dataclass(frozen=True)
+class Side:
+    """One timed run of a side: wall and process CPU seconds, GPU utilization, results."""
+
+    wall_s: float
+    cpu_s: float
+    gpu_util: float | None
+    results: list[TrainResult]
+
+
+def timed(run: Callable[[], list[TrainResult]], device: torch.device) -> Side:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     with GpuUtilization(device) as gpu:
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         results = run()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - start
-    return seconds, gpu.mean, results
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return Side(wall, cpu, gpu.mean, results)
 
 
 def measure(
     base: TrainConfig, data: Dataset, k: int, repeats: int, device: torch.device
-) -> dict[str, Any]:
+) -> dict[str, list[Side]]:
+    """Each side ``repeats`` times, alternating which goes first."""
     configs = group(base, k)
     sides: dict[str, Callable[[], list[TrainResult]]] = {
         "sequential": lambda: [train(c, data) for c in configs],
         "fused": lambda: train_fused(configs, data),
     }
-    best: dict[str, tuple[float, float | None, list[TrainResult]]] = {}
+    runs: dict[str, list[Side]] = {"sequential": [], "fused": []}
     for repeat in range(repeats):
         order = ["sequential", "fused"] if repeat % 2 == 0 else ["fused", "sequential"]
         for side in order:
-            outcome = timed(sides[side], device)
-            if side not in best or outcome[0] < best[side][0]:
-                best[side] = outcome
-    seq, fused = best["sequential"], best["fused"]
-    gap = max(
-        abs((a.test_accuracy or 0.0) - (b.test_accuracy or 0.0))
-        for a, b in zip(seq[2], fused[2], strict=True)
-    )
-    return {
-        "k": k,
-        "seq_s": seq[0],
-        "fused_s": fused[0],
-        "seq_util": seq[1],
-        "fused_util": fused[1],
-        "test_acc_gap": gap,
-    }
+            runs[side].append(timed(sides[side], device))
+    return runs
 
 
 def machine(device: torch.device) -> str:
@@ -170,7 +165,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1, help="best of N per side")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     device = resolve_device(args.device)
     ks = [int(k) for k in args.ks.split(",")]
@@ -186,9 +184,10 @@ def main() -> None:
     )
     print(
         "| batch | K | sequential s | fused s | trials/h sequential | trials/h fused | "
-        "fused / sequential | GPU util seq / fused | max test-acc gap |"
+        "fused / sequential | same, by process CPU time | GPU util seq / fused | "
+        "max test-acc gap |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     choices = {}
     for batch_size in (int(b) for b in args.batch_sizes.split(",")):
         base = TrainConfig(
@@ -202,13 +201,22 @@ def main() -> None:
         )
         train(base, data)  # warm-up: lazy initialization, cuDNN, allocator
         for k in ks:
-            row = measure(base, data, k, args.repeats, device)
-            seq_rate, fused_rate = 3600 * k / row["seq_s"], 3600 * k / row["fused_s"]
+            runs = measure(base, data, k, args.repeats, device)
+            seq = min(runs["sequential"], key=lambda r: r.wall_s)
+            fused = min(runs["fused"], key=lambda r: r.wall_s)
+            cpu_ratio = min(r.cpu_s for r in runs["sequential"]) / min(
+                r.cpu_s for r in runs["fused"]
+            )
+            gap = max(
+                abs((a.test_accuracy or 0.0) - (b.test_accuracy or 0.0))
+                for a, b in zip(seq.results, fused.results, strict=True)
+            )
+            seq_rate, fused_rate = 3600 * k / seq.wall_s, 3600 * k / fused.wall_s
             print(
-                f"| {batch_size} | {k} | {row['seq_s']:.2f} | {row['fused_s']:.2f} | "
+                f"| {batch_size} | {k} | {seq.wall_s:.2f} | {fused.wall_s:.2f} | "
                 f"{seq_rate:,.0f} | {fused_rate:,.0f} | {fused_rate / seq_rate:.2f}x | "
-                f"{fmt_util(row['seq_util'])} / {fmt_util(row['fused_util'])} | "
-                f"{row['test_acc_gap']:.4f} |",
+                f"{cpu_ratio:.2f}x | {fmt_util(seq.gpu_util)} / {fmt_util(fused.gpu_util)} | "
+                f"{gap:.4f} |",
                 flush=True,
             )
         start = time.perf_counter()
