@@ -10,7 +10,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text, func
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    func,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from search.states import SlotState, StudyKind, StudyStatus, WorkerStatus
@@ -80,3 +91,101 @@ class WorkerRow(Base):
     heartbeat_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
     )
+
+
+# --- what reads of large studies use (search/summary.py, service/analyses.py) ---------------------
+
+
+class TrialTallyRow(Base):
+    """Per Optuna study: its trials by state and its best trial, as of the last sync of
+    ``search/summary.py``, so that counts and the best trial are one row, whatever the study's
+    size. Written only under a lock on this row."""
+
+    __tablename__ = "bnsweep_trial_tallies"
+
+    optuna_study_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    complete: Mapped[int] = mapped_column(Integer, default=0)
+    pruned: Mapped[int] = mapped_column(Integer, default=0)
+    fail: Mapped[int] = mapped_column(Integer, default=0)
+    running: Mapped[int] = mapped_column(Integer, default=0)
+    waiting: Mapped[int] = mapped_column(Integer, default=0)
+    # Every trial up to this Optuna trial id is summarized; only later ones and unfinished ones
+    # are read again (Optuna's own _CachedStorage uses the same rule).
+    synced_trial_id: Mapped[int] = mapped_column(Integer, default=-1)
+    best_trial_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    best_value: Mapped[float | None] = mapped_column(Double, nullable=True)
+    synced_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class TrialSummaryRow(Base):
+    """One Optuna trial of a bnsweep study, reduced to what pages sort and filter on, with the
+    indexes that let a page read only its own rows. ``value_up`` / ``value_down`` are the first
+    objective (and its negation) with valueless trials at 0 and ``valueless`` set, so both sort
+    orders put valueless trials last with plain ascending indexes on SQLite and PostgreSQL."""
+
+    __tablename__ = "bnsweep_trial_summaries"
+    __table_args__ = (
+        Index("ix_bnsweep_trial_summaries_number", "optuna_study_id", "number"),
+        Index("ix_bnsweep_trial_summaries_state", "optuna_study_id", "state", "number"),
+        Index(
+            "ix_bnsweep_trial_summaries_up", "optuna_study_id", "valueless", "value_up", "number"
+        ),
+        Index(
+            "ix_bnsweep_trial_summaries_down",
+            "optuna_study_id",
+            "valueless",
+            "value_down",
+            "number",
+        ),
+        Index(
+            "ix_bnsweep_trial_summaries_state_up",
+            "optuna_study_id",
+            "state",
+            "valueless",
+            "value_up",
+            "number",
+        ),
+        Index(
+            "ix_bnsweep_trial_summaries_state_down",
+            "optuna_study_id",
+            "state",
+            "valueless",
+            "value_down",
+            "number",
+        ),
+        Index("ix_bnsweep_trial_summaries_front", "optuna_study_id", "on_front"),
+    )
+
+    trial_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    optuna_study_id: Mapped[int] = mapped_column(Integer)
+    number: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(8))  # TrialStateName
+    value: Mapped[float | None] = mapped_column(Double, nullable=True)  # first objective
+    second_value: Mapped[float | None] = mapped_column(Double, nullable=True)
+    valueless: Mapped[bool] = mapped_column(Boolean)
+    value_up: Mapped[float] = mapped_column(Double)
+    value_down: Mapped[float] = mapped_column(Double)
+    on_front: Mapped[bool] = mapped_column(Boolean, default=False)  # two objectives: Pareto front
+
+
+class AnalysisRow(Base):
+    """An analysis of a study (importance, insights, the report ...) computed once for a count of
+    finished trials and served from here; ``service/analyses.py`` refreshes it in the
+    background when the count changes. A lease keeps API processes from computing it twice."""
+
+    __tablename__ = "bnsweep_analyses"
+
+    study_id: Mapped[int] = mapped_column(
+        ForeignKey("bnsweep_studies.id", ondelete="CASCADE"), primary_key=True
+    )
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    trials_counted: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    computed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    duration_s: Mapped[float | None] = mapped_column(Double, nullable=True)
+    requested_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    lease_owner: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import warnings
-from collections.abc import Iterator
-from datetime import datetime
+from collections.abc import Container, Iterable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import optuna
 import sqlalchemy as sa
 from optuna.distributions import BaseDistribution
+from optuna.storages._cached_storage import _CachedStorage, _StudyInfo
 from optuna.storages._rdb import models as _optuna_models
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import event
@@ -167,7 +169,10 @@ TRIAL_HEARTBEATS = _optuna_models.TrialHeartbeatModel.__table__
 TRIAL_VALUES = _optuna_models.TrialValueModel.__table__
 TRIAL_PARAMS = _optuna_models.TrialParamModel.__table__
 TRIAL_USER_ATTRS = _optuna_models.TrialUserAttributeModel.__table__
+TRIAL_SYSTEM_ATTRS = _optuna_models.TrialSystemAttributeModel.__table__
+TRIAL_INTERMEDIATE_VALUES = _optuna_models.TrialIntermediateValueModel.__table__
 STUDIES = _optuna_models.StudyModel.__table__
+STUDY_DIRECTIONS = _optuna_models.StudyDirectionModel.__table__
 
 
 def trial_state_name(state: TrialState | str) -> str:
@@ -229,3 +234,166 @@ def ask_with_fixed_params(
     for name, dist in dists.items():
         trial._suggest(name, dist)
     return trial
+
+
+def stored_value(value: float | None, value_type: Any) -> float:
+    """A value of Optuna's ``trial_values`` table as a float (infinities are stored by type)."""
+    return float(_optuna_models.TrialValueModel.stored_repr_to_value(value, value_type))
+
+
+_IDS_PER_QUERY = 1_000  # below SQLite's bound on variables per statement
+
+
+def trials_by_id(conn: Connection, trial_ids: Iterable[int]) -> dict[int, FrozenTrial]:
+    """The trials with ``trial_ids``, as Optuna builds them, in a constant number of queries per
+    thousand ids, each reading those trials' rows only (by primary key or ``trial_id`` index).
+    Optuna's own reads return a study's trials all at once, or one per call."""
+    ids = list(trial_ids)
+    out: dict[int, FrozenTrial] = {}
+    for lo in range(0, len(ids), _IDS_PER_QUERY):
+        chunk = ids[lo : lo + _IDS_PER_QUERY]
+        for trial in _frozen_trials(conn, TRIALS.c.trial_id.in_(chunk), chunk):
+            out[trial._trial_id] = trial
+    return out
+
+
+class _WorkerCache(_CachedStorage):
+    """Optuna's cache of finished trials (what ``load_study`` wraps an RDBStorage in), kept by a
+    worker across its trials of a study, and reading WAITING trials straight from the database.
+
+    ``load_study`` builds a new cache each time, so a worker that loaded the study for each trial
+    read every trial of the study, user attrs included, on each ``ask`` (Optuna's pop of the
+    waiting queue asks for all WAITING trials, and the cache answers that by reading the whole
+    study first). Kept, the cache reads only trials that are new or were unfinished; asked for
+    WAITING trials only, it queries the database (indexed on study and state), so a sampler that
+    needs no history (random, grid, QMC) never loads the study at all. TPE and the median pruner
+    read the finished trials through the cache, as Optuna does inside ``optimize``.
+    """
+
+    def get_all_trials(
+        self,
+        study_id: int,
+        deepcopy: bool = True,
+        states: Container[TrialState] | None = None,
+    ) -> list[FrozenTrial]:
+        if states is None or tuple(states) != (TrialState.WAITING,):  # type: ignore[arg-type]
+            return super().get_all_trials(study_id, deepcopy=deepcopy, states=states)
+        trials = self._backend.get_all_trials(study_id, deepcopy=deepcopy, states=states)
+        with self._lock:
+            # Popped, a trial is then updated through the cache, which must know it.
+            info = self._studies.setdefault(study_id, _StudyInfo())
+            self._add_trials_to_cache(study_id, trials)
+            info.unfinished_trial_ids.update(t._trial_id for t in trials)
+        return trials
+
+
+def worker_storage(backend: optuna.storages.RDBStorage) -> optuna.storages.BaseStorage:
+    """A storage for ``optuna.load_study`` that a worker keeps across its trials of one study."""
+    return _WorkerCache(backend)
+
+
+@functools.lru_cache(maxsize=1024)
+def _distribution(distribution_json: str) -> BaseDistribution:
+    return optuna.distributions.json_to_distribution(distribution_json)
+
+
+def _local_naive(utc: datetime | None) -> datetime | None:
+    """As Optuna's TrialModel returns stored times: naive, local time."""
+    if utc is None:
+        return None
+    return utc.replace(tzinfo=UTC).astimezone().replace(tzinfo=None)
+
+
+def study_trials(
+    conn: Connection,
+    optuna_study_id: int,
+    states: Iterable[TrialState] | None = None,
+    user_attrs: bool | Iterable[str] = True,
+    intermediate_values: bool = True,
+) -> list[FrozenTrial]:
+    """A study's trials as Optuna builds them, in one query per table instead of through the
+    ORM: for the analyses, which read every trial of a study. At 10,000 trials Optuna's
+    ``get_all_trials`` holds ~1.3 GB at its peak (an ORM object per row) and takes ~35 s on the
+    2-core machine; this reads the same rows in a fraction of both. ``user_attrs`` may name the
+    attrs to read (an analysis that needs no ``train_config`` skips the bulk of the data), and
+    ``intermediate_values=False`` skips those. System attrs are read too; ids ascend."""
+    t = TRIALS.c
+    where = t.study_id == optuna_study_id
+    if states is not None:
+        where = sa.and_(where, t.state.in_(list(states)))
+    return _frozen_trials(
+        conn, where, sa.select(t.trial_id).where(where), user_attrs, intermediate_values
+    )
+
+
+def _frozen_trials(
+    conn: Connection,
+    where: Any,
+    ids: Any,
+    user_attrs: bool | Iterable[str] = True,
+    intermediate_values: bool = True,
+) -> list[FrozenTrial]:
+    """The trials matching ``where`` (on ``trials``), whose ids ``ids`` (a list, or a subquery)
+    selects in the other tables."""
+    t = TRIALS.c
+    trials_query = sa.select(
+        t.trial_id, t.number, t.state, t.datetime_start, t.datetime_complete
+    ).where(where)
+
+    def rows(table: sa.Table, *columns: str, where: Any = None) -> Any:
+        query = sa.select(table.c.trial_id, *(table.c[c] for c in columns)).where(
+            table.c.trial_id.in_(ids)
+        )
+        if where is not None:
+            query = query.where(where)
+        # In insertion order, as Optuna's own reads return them (dict order follows).
+        return conn.execute(query.order_by(*table.primary_key.columns))
+
+    params: dict[int, dict[str, Any]] = {}
+    dists: dict[int, dict[str, BaseDistribution]] = {}
+    for trial_id, name, value, dist_json in rows(
+        TRIAL_PARAMS, "param_name", "param_value", "distribution_json"
+    ):
+        dist = _distribution(dist_json)
+        params.setdefault(trial_id, {})[name] = dist.to_external_repr(value)
+        dists.setdefault(trial_id, {})[name] = dist
+    values: dict[int, dict[int, float]] = {}
+    for trial_id, objective, value, value_type in rows(
+        TRIAL_VALUES, "objective", "value", "value_type"
+    ):
+        values.setdefault(trial_id, {})[objective] = stored_value(value, value_type)
+    attrs: dict[int, dict[str, Any]] = {}
+    if user_attrs:
+        keys = None if user_attrs is True else TRIAL_USER_ATTRS.c.key.in_(list(user_attrs))
+        for trial_id, key, value_json in rows(TRIAL_USER_ATTRS, "key", "value_json", where=keys):
+            attrs.setdefault(trial_id, {})[key] = json.loads(value_json)
+    system: dict[int, dict[str, Any]] = {}
+    for trial_id, key, value_json in rows(TRIAL_SYSTEM_ATTRS, "key", "value_json"):
+        system.setdefault(trial_id, {})[key] = json.loads(value_json)
+    steps: dict[int, dict[int, float]] = {}
+    if intermediate_values:
+        to_value = _optuna_models.TrialIntermediateValueModel.stored_repr_to_intermediate_value
+        for trial_id, step, value, value_type in rows(
+            TRIAL_INTERMEDIATE_VALUES, "step", "intermediate_value", "intermediate_value_type"
+        ):
+            steps.setdefault(trial_id, {})[step] = to_value(value, value_type)
+    out = []
+    for row in conn.execute(trials_query.order_by(t.trial_id)):
+        by_objective = values.get(row.trial_id)
+        out.append(
+            FrozenTrial(
+                number=row.number,
+                state=row.state if isinstance(row.state, TrialState) else TrialState[row.state],
+                value=None,
+                values=[by_objective[k] for k in sorted(by_objective)] if by_objective else None,
+                datetime_start=_local_naive(row.datetime_start),
+                datetime_complete=_local_naive(row.datetime_complete),
+                params=params.get(row.trial_id, {}),
+                distributions=dists.get(row.trial_id, {}),
+                user_attrs=attrs.get(row.trial_id, {}),
+                system_attrs=system.get(row.trial_id, {}),
+                intermediate_values=steps.get(row.trial_id, {}),
+                trial_id=row.trial_id,
+            )
+        )
+    return out

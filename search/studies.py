@@ -22,7 +22,8 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from models.errors import first_line
-from search.db import SlotRow, StudyRow
+from search import summary
+from search.db import AnalysisRow, SlotRow, StudyRow
 from search.errors import StudyNotFoundError, StudyStateError
 from search.optuna_map import distributions, make_pruner, make_sampler
 from search.retry import STUDY_ATTR
@@ -34,7 +35,6 @@ from search.storage import (
     distribution_contains,
     locked_transaction,
     study_id_of,
-    trial_state_name,
 )
 
 
@@ -185,18 +185,13 @@ def spec_of(row: StudyRow) -> StudySpec:
 
 
 def trial_counts(conn: Connection, optuna_study_id: int) -> TrialCounts:
-    """Optuna's trials of a study by state, read in the caller's transaction."""
-    rows = conn.execute(
-        sa.select(TRIALS.c.state, sa.func.count())
-        .where(TRIALS.c.study_id == optuna_study_id)
-        .group_by(TRIALS.c.state)
-    ).all()
-    return TrialCounts(**{trial_state_name(state): n for state, n in rows})
+    """Optuna's trials of a study by state, exact as of now: the study's tally synced in the
+    caller's ``locked_transaction`` (reads only trials changed since the last sync, not all)."""
+    return summary.sync(conn, optuna_study_id).counts
 
 
 def counts_for(engine: Engine, optuna_study_id: int) -> TrialCounts:
-    with engine.connect() as conn:
-        return trial_counts(conn, optuna_study_id)
+    return summary.refresh(engine, optuna_study_id).counts
 
 
 # --- claims -------------------------------------------------------------------------------------
@@ -492,6 +487,8 @@ def delete_study(
         optuna.delete_study(study_name=row.name, storage=storage)
     with engine.begin() as conn:
         conn.execute(sa.delete(SlotRow).where(SlotRow.study_id == row.id))
+        conn.execute(sa.delete(AnalysisRow).where(AnalysisRow.study_id == row.id))
+        summary.forget(conn, row.optuna_study_id)
         conn.execute(sa.delete(StudyRow).where(StudyRow.id == row.id))
 
 
