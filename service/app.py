@@ -12,12 +12,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from anyio import to_thread
 from fastapi import FastAPI
 
 from models.errors import first_line
 from search.storage import get_engine
 from search.studies import reap
 from service import docs, errors
+from service.analyses import AnalysisCache
 from service.api import studies, system
 from service.dashboard import dashboard_app
 from service.limits import BodyLimit
@@ -86,13 +88,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     engine = get_engine(settings.database_url, settings.db_pool_size)
     storage = LazyStorage(settings)
 
+    analyses = AnalysisCache(settings.database_url, engine, settings.analysis_wait_s)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # Sync routes run on this thread pool: as many threads as each of the two connection
+        # pools may open (pool_size + as many overflow), so a request that got a thread never
+        # queues for a connection, and a slow request holds one thread, not the others.
+        to_thread.current_default_thread_limiter().total_tokens = 2 * settings.db_pool_size
         reaper = Reaper(settings, storage)
         reaper.start()
+        analyses.start()
         try:
             yield
         finally:
+            analyses.stop()
             reaper.stop_event.set()
             reaper.join(timeout=10)
 
@@ -107,6 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.storage = storage
+    app.state.analyses = analyses
     app.state.metrics = make_registry(engine, settings.grace_period_s)
     errors.install(app)
     app.include_router(studies.router, prefix="/api/v1")

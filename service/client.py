@@ -8,7 +8,6 @@ from typing import Any
 
 import httpx
 
-from search.analysis import StudyReport
 from search.results import BestResult, TrialSummary
 from search.states import TrialStateName
 from service.schemas import (
@@ -16,6 +15,7 @@ from service.schemas import (
     Order,
     Page,
     RegistryPublic,
+    ReportPublic,
     SortKey,
     StudyPublic,
     StudySummary,
@@ -159,8 +159,8 @@ class Client:
         body = self._request("GET", f"{self._path(study)}/importance")
         return ImportancePublic.model_validate(body)
 
-    def report(self, study: int | str) -> StudyReport:
-        return StudyReport.model_validate(self._request("GET", f"{self._path(study)}/report"))
+    def report(self, study: int | str) -> ReportPublic:
+        return ReportPublic.model_validate(self._request("GET", f"{self._path(study)}/report"))
 
     def report_html(self, study: int | str) -> str:
         """The report as a self-contained HTML page."""

@@ -10,6 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.engine import Engine
 from starlette.concurrency import run_in_threadpool
 
+from service.analyses import AnalysisCache
 from service.auth import authenticate
 from service.settings import Settings
 
@@ -29,9 +30,15 @@ def _storage(request: Request) -> optuna.storages.RDBStorage:
     return storage
 
 
+def _analyses(request: Request) -> AnalysisCache:
+    analyses: AnalysisCache = request.app.state.analyses
+    return analyses
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
 EngineDep = Annotated[Engine, Depends(_engine)]
 StorageDep = Annotated[optuna.storages.RDBStorage, Depends(_storage)]
+AnalysesDep = Annotated[AnalysisCache, Depends(_analyses)]
 
 # auto_error=False: a missing header is our 401 with our body, not FastAPI's 403.
 _bearer = HTTPBearer(auto_error=False, description="An API key from `bnsweep keys create`.")

@@ -1,40 +1,49 @@
 """Reads of one study as wire models, shared by the API routes and the CLI's ``--storage`` mode
-(so both answer with the same models, from the same code)."""
+(so both answer with the same models, from the same code).
+
+None of them reads more of a study than it returns: counts, progress and the best trial come from
+the study's tally, a page of trials from an indexed query on the trial summaries and then Optuna's
+rows of that page's trials only (search/summary.py); importance and the report are computed once
+per count of finished trials and served from storage (service/analyses.py). Each read first brings
+the tally up to date with Optuna's tables (two small queries when nothing changed).
+"""
 
 from __future__ import annotations
 
-import contextlib
-import warnings
-
 import optuna
-from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import Engine
 
-from models.errors import first_line
-from search.analysis import StudyReport, analyze_study
+from search.analysis import StudyReport
 from search.db import StudyRow
 from search.errors import NotFoundError
-from search.results import BestResult, TrialSummary, best_result, best_trials
+from search.results import BestResult, TrialSummary, best_result
 from search.states import TrialStateName
-from search.studies import counts_for, spec_of
-from service.schemas import ImportancePublic, Order, Page, SortKey, StudyPublic
+from search.storage import trials_by_id
+from search.studies import spec_of
+from search.summary import front_trial_ids, page_trial_ids, refresh
+from service.analyses import IMPORTANCE, REPORT, AnalysisCache, Cached
+from service.schemas import ImportancePublic, Order, Page, ReportPublic, SortKey, StudyPublic
+
+
+class AnalysisPendingError(RuntimeError):
+    """An analysis has never been computed for this study and was not ready within the wait
+    bound (HTTP 503 with Retry-After)."""
+
+    retry_after_s = 5
 
 
 def study_public(
     engine: Engine, storage: optuna.storages.BaseStorage, row: StudyRow
 ) -> StudyPublic:
-    """A study with its counts and best value so far (single-objective studies only)."""
-    counts = counts_for(engine, row.optuna_study_id)
-    best_value = None
-    if counts.complete and not spec_of(row).is_multi_objective:
-        # ValueError: no complete trial after all (the study was deleted meanwhile)
-        with contextlib.suppress(ValueError):
-            best_value = storage.get_best_trial(row.optuna_study_id).values[0]
-    return StudyPublic.build(row, counts, best_value)
+    """A study with its counts and best value so far (single-objective studies only).
+    ``storage`` is unused: the tally answers (kept for the write routes' calls)."""
+    tally = refresh(engine, row.optuna_study_id)
+    best_value = None if spec_of(row).is_multi_objective else tally.best_value
+    return StudyPublic.build(row, tally.counts, best_value)
 
 
 def trial_page(
-    storage: optuna.storages.BaseStorage,
+    engine: Engine,
     row: StudyRow,
     state: TrialStateName | None = None,
     sort: SortKey = SortKey.NUMBER,
@@ -42,60 +51,81 @@ def trial_page(
     offset: int = 0,
     limit: int = 50,
 ) -> Page[TrialSummary]:
-    """A page of a study's trials; sorting by value puts trials without one last."""
-    states = (TrialState[state.name],) if state else None
-    trials = storage.get_all_trials(row.optuna_study_id, deepcopy=False, states=states)
-    trials = _sorted(trials, sort, order)
-    items = [TrialSummary.of(t) for t in trials[offset : offset + limit]]
-    return Page[TrialSummary](items=items, total=len(trials), offset=offset, limit=limit)
+    """A page of a study's trials; sorting by value puts trials without one last (ties and
+    valueless trials by number)."""
+    tally = refresh(engine, row.optuna_study_id)
+    with engine.connect() as conn:
+        ids = page_trial_ids(
+            conn,
+            row.optuna_study_id,
+            state,
+            by_value=sort is SortKey.VALUE,
+            descending=order is Order.DESC,
+            offset=offset,
+            limit=limit,
+        )
+        trials = trials_by_id(conn, ids)
+    items = [TrialSummary.of(trials[i]) for i in ids if i in trials]
+    return Page[TrialSummary](items=items, total=tally.total(state), offset=offset, limit=limit)
 
 
-def _sorted(trials: list[FrozenTrial], sort: SortKey, order: Order) -> list[FrozenTrial]:
-    reverse = order is Order.DESC
-    if sort is SortKey.NUMBER:
-        return sorted(trials, key=lambda t: t.number, reverse=reverse)
-    valued = sorted((t for t in trials if t.values), key=lambda t: t.values[0], reverse=reverse)
-    return valued + [t for t in trials if not t.values]
-
-
-def best(storage: optuna.storages.BaseStorage, row: StudyRow) -> BestResult:
+def best(engine: Engine, row: StudyRow) -> BestResult:
     """The best trial (or Pareto front) with a config ready to train; NotFoundError if none."""
-    study = optuna.load_study(study_name=row.name, storage=storage)
-    result = best_result(spec_of(row), best_trials(study))
+    spec = spec_of(row)
+    tally = refresh(engine, row.optuna_study_id)
+    with engine.connect() as conn:
+        if spec.is_multi_objective:
+            front = trials_by_id(conn, front_trial_ids(conn, row.optuna_study_id)).values()
+            sign = 1 if spec.directions[0] == "maximize" else -1
+            trials = sorted(front, key=lambda t: (-sign * t.values[0], t.number))
+        else:
+            ids = [] if tally.best_trial_id is None else [tally.best_trial_id]
+            trials = list(trials_by_id(conn, ids).values())
+    result = best_result(spec, trials)
     if result is None:
         raise NotFoundError(f"study {row.name!r} has no complete trial yet")
     return result
 
 
-def importance(storage: optuna.storages.BaseStorage, row: StudyRow) -> ImportancePublic:
-    """Parameter importances (Optuna's default evaluator) for the primary objective."""
+def importance(cache: AnalysisCache, row: StudyRow) -> ImportancePublic:
+    """Parameter importances (Optuna's default evaluator) for the primary objective, as stored
+    for the latest count of finished trials the wait bound allows."""
     spec = spec_of(row)
     target = spec.objective.metric.value
-    complete = storage.get_all_trials(
-        row.optuna_study_id, deepcopy=False, states=(TrialState.COMPLETE,)
-    )
-    if len(complete) < 2:
-        return ImportancePublic(
-            importances={}, target=target, reason="needs at least 2 complete trials"
+    tally = refresh(cache.engine, row.optuna_study_id)
+    if tally.counts.complete < 2:  # nothing to compute: no need to store it either
+        reason = "needs at least 2 complete trials"
+        return ImportancePublic(importances={}, target=target, reason=reason)
+    cached = cache.get(row, IMPORTANCE.kind)
+    if cached.result is None:
+        reason = cached.error or (
+            f"being computed for {cached.trials_finished} finished trials; retry shortly"
         )
-    if not spec.search_space.searched():
-        return ImportancePublic(importances={}, target=target, reason="nothing is searched")
-    study = optuna.load_study(study_name=row.name, storage=storage)
-    # The default evaluator (PED-ANOVA) reads the direction from a single-objective study, but
-    # treats a target function as "lower is better": negate a maximized primary objective.
-    sign = -1.0 if spec.objective.resolved_direction == "maximize" else 1.0
-    objective = None if not spec.is_multi_objective else (lambda t: sign * t.values[0])
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*computes the importances of params")
-            values = optuna.importance.get_param_importances(study, target=objective)
-    except (ValueError, RuntimeError) as exc:  # e.g. every trial has the same params
-        return ImportancePublic(importances={}, target=target, reason=first_line(exc))
-    return ImportancePublic(importances=dict(values), target=target)
+        return ImportancePublic(importances={}, target=target, reason=reason, **cached.freshness())
+    return ImportancePublic.model_validate({**cached.result, **cached.freshness()})
 
 
-def report(storage: optuna.storages.BaseStorage, row: StudyRow) -> StudyReport:
+def report(cache: AnalysisCache, row: StudyRow) -> ReportPublic:
     """Which BN practices mattered, each with a verdict, an effect and its 95% interval, and the
-    caveats of reading an adaptive sampler's trials (search/analysis)."""
-    trials = storage.get_all_trials(row.optuna_study_id, deepcopy=False)
-    return analyze_study(trials, spec_of(row))
+    caveats of reading an adaptive sampler's trials (search/analysis), as stored for the latest
+    count of finished trials the wait bound allows."""
+    cached = cache.get(row, REPORT.kind)
+    return ReportPublic.model_validate({**_result(cached, row, "report"), **cached.freshness()})
+
+
+def report_model(cached_report: ReportPublic) -> StudyReport:
+    """The report without its freshness fields (what ``render_html`` takes)."""
+    return StudyReport.model_validate(
+        cached_report.model_dump(include=set(StudyReport.model_fields))
+    )
+
+
+def _result(cached: Cached, row: StudyRow, what: str) -> dict[str, object]:
+    if cached.error is not None:
+        raise RuntimeError(f"the {what} of study {row.name!r} failed: {cached.error}")
+    if cached.result is None:
+        raise AnalysisPendingError(
+            f"the {what} of study {row.name!r} is being computed for "
+            f"{cached.trials_finished} finished trials; retry in a few seconds"
+        )
+    return cached.result

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import BaseModel, Field
 
+from search.analysis import StudyReport
 from search.results import BestResult, TrialSummary, UtcDatetime
 from search.states import StudyStatus, TrialCounts, WorkerStatus
 
@@ -132,12 +133,34 @@ TrialPublic = TrialSummary
 BestPublic = BestResult
 
 
-class ImportancePublic(BaseModel):
+class Freshness(BaseModel):
+    """How current an analysis is: each is computed once per count of finished trials, in the
+    background, and served from storage (service/analyses.py)."""
+
+    computed_at: UtcDatetime | None = Field(
+        default=None, description="when these figures were computed; null: not yet"
+    )
+    trials_counted: int | None = Field(
+        default=None, description="finished (complete + pruned) trials the figures reflect"
+    )
+    trials_finished: int | None = Field(default=None, description="finished trials now")
+    stale: bool = Field(
+        default=False,
+        description="trials finished since: a recomputation is queued; the figures are those of "
+        "trials_counted",
+    )
+
+
+class ImportancePublic(Freshness):
     """Parameter importances; empty with a reason when they cannot be computed yet."""
 
     importances: dict[str, float]
     target: str
     reason: str | None = None
+
+
+class ReportPublic(StudyReport, Freshness):
+    """The BN report (search/analysis) with how current it is."""
 
 
 # --- system ---------------------------------------------------------------------------------------

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     reaper_interval_s: float = Field(default=10.0, gt=0)
     # Per pool (the API holds two: bnsweep's tables and Optuna's), plus as many overflow ones.
     db_pool_size: int = Field(default=5, ge=1, le=100)
+    # The longest a request waits for an analysis (importance, report) being recomputed; past it
+    # the stored figures are served with `stale: true` (service/analyses.py).
+    analysis_wait_s: float = Field(default=1.0, ge=0, le=30)
     # Client side (CLI commands that talk to the API): default http://{host}:{port}.
     api_url: str | None = None
     api_key: str | None = None

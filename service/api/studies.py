@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 from fastapi.responses import HTMLResponse
+from sqlalchemy.engine import Engine
 from starlette.concurrency import run_in_threadpool
 
-from search.analysis import StudyReport, render_html
+from search.analysis import render_html
 from search.errors import SpecError
 from search.limits import Limits
 from search.results import BestResult, TrialSummary
@@ -26,13 +27,15 @@ from search.studies import (
 )
 from search.validate import parse_spec, parse_spec_text
 from service import queries
-from service.deps import EngineDep, SettingsDep, StorageDep, WriteKey
-from service.queries import study_public, trial_page
+from service.analyses import AnalysisCache
+from service.deps import AnalysesDep, EngineDep, SettingsDep, StorageDep, WriteKey
+from service.queries import AnalysisPendingError, study_public, trial_page
 from service.schemas import (
     ErrorBody,
     ImportancePublic,
     Order,
     Page,
+    ReportPublic,
     SortKey,
     StudyPublic,
     StudySummary,
@@ -138,7 +141,6 @@ def get_study(study_id: StudyId, engine: EngineDep, storage: StorageDep) -> Stud
 def list_trials(
     study_id: StudyId,
     engine: EngineDep,
-    storage: StorageDep,
     state: Annotated[
         TrialStateName | None, Query(description="complete | pruned | fail | running | waiting")
     ] = None,
@@ -149,48 +151,86 @@ def list_trials(
 ) -> Page[TrialSummary]:
     """Trials of a study; sorting by value puts trials without one last (multi-objective: the
     first objective). State names in any case (Optuna's COMPLETE too)."""
-    return trial_page(storage, get_study_row(engine, study_id), state, sort, order, offset, limit)
+    row = get_study_row(engine, study_id)
+    return trial_page(engine, row, state, sort, order, offset, limit)
 
 
 @router.get(
     "/{study_id}/best",
     responses={404: {"model": ErrorBody, "description": "No such study, or no complete trial"}},
 )
-def best(study_id: StudyId, engine: EngineDep, storage: StorageDep) -> BestResult:
+def best(study_id: StudyId, engine: EngineDep) -> BestResult:
     """The best trial (or Pareto front) with a config ready to train."""
-    return queries.best(storage, get_study_row(engine, study_id))
+    return queries.best(engine, get_study_row(engine, study_id))
+
+
+# Analyses are computed once per count of finished trials, in the background, and served from
+# storage with that count, when they were computed and `stale` (service/analyses.py).
+_ANALYSIS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **_NOT_FOUND,
+    503: {
+        "model": ErrorBody,
+        "description": "Not computed yet for this study (first request): retry after Retry-After",
+    },
+}
+
+
+# The HTML page's errors are JSON like every other error: said so explicitly, since a model would
+# be documented under the route's own media type (text/html).
+_JSON_ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+_HTML_ANALYSIS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"description": response["description"], "content": _JSON_ERROR}
+    for code, response in _ANALYSIS_RESPONSES.items()
+}
+
+
+def _report(analyses: AnalysisCache, engine: Engine, study_id: int) -> ReportPublic:
+    try:
+        return queries.report(analyses, get_study_row(engine, study_id))
+    except AnalysisPendingError as exc:
+        headers = {"Retry-After": str(exc.retry_after_s)}
+        raise HTTPException(503, str(exc), headers=headers) from None
 
 
 @router.get("/{study_id}/importance", responses=_NOT_FOUND)
-def importance(study_id: StudyId, engine: EngineDep, storage: StorageDep) -> ImportancePublic:
-    """Parameter importances (Optuna's default evaluator) for the primary objective."""
-    return queries.importance(storage, get_study_row(engine, study_id))
+def importance(study_id: StudyId, engine: EngineDep, analyses: AnalysesDep) -> ImportancePublic:
+    """Parameter importances (Optuna's default evaluator) for the primary objective, with how
+    current they are (`computed_at`, `trials_counted`, `stale`)."""
+    return queries.importance(analyses, get_study_row(engine, study_id))
 
 
-@router.get("/{study_id}/report", responses=_NOT_FOUND)
-def report(study_id: StudyId, engine: EngineDep, storage: StorageDep) -> StudyReport:
+@router.get("/{study_id}/report", responses=_ANALYSIS_RESPONSES)
+def report(study_id: StudyId, engine: EngineDep, analyses: AnalysesDep) -> ReportPublic:
     """Why a configuration won: one finding per BN practice of the study (placement, learning-rate
     stability, batch size × learning rate, BN momentum, eval-mode statistics, initialization,
     ghost / precise BN), each with a verdict, an effect with its 95% interval and its source;
-    and the warnings that come with reading an adaptive sampler's trials."""
-    return queries.report(storage, get_study_row(engine, study_id))
+    and the warnings that come with reading an adaptive sampler's trials. With how current it is
+    (`computed_at`, `trials_counted`, `stale`)."""
+    return _report(analyses, engine, study_id)
 
 
 @router.get(
     "/{study_id}/report.html",
     response_class=HTMLResponse,
-    responses={**_NOT_FOUND, 200: {"content": {"text/html": {}}, "description": "The report"}},
+    responses={
+        **_HTML_ANALYSIS_RESPONSES,
+        200: {"content": {"text/html": {}}, "description": "The report"},
+    },
 )
-def report_html(study_id: StudyId, engine: EngineDep, storage: StorageDep) -> HTMLResponse:
+def report_html(study_id: StudyId, engine: EngineDep, analyses: AnalysesDep) -> HTMLResponse:
     """The report as one self-contained HTML page with its plots (no script, no CDN)."""
-    result = queries.report(storage, get_study_row(engine, study_id))
-    return HTMLResponse(render_html(result))
+    result = _report(analyses, engine, study_id)
+    headers = {
+        "X-Bnsweep-Trials-Counted": str(result.trials_counted),
+        "X-Bnsweep-Stale": str(result.stale).lower(),
+    }
+    return HTMLResponse(render_html(queries.report_model(result)), headers=headers)
 
 
-@router.get("/{study_id}/insights", responses=_NOT_FOUND, deprecated=True)
-def insights(study_id: StudyId, engine: EngineDep, storage: StorageDep) -> StudyReport:
+@router.get("/{study_id}/insights", responses=_ANALYSIS_RESPONSES, deprecated=True)
+def insights(study_id: StudyId, engine: EngineDep, analyses: AnalysesDep) -> ReportPublic:
     """The report, under its former name."""
-    return queries.report(storage, get_study_row(engine, study_id))
+    return _report(analyses, engine, study_id)
 
 
 @router.post(
