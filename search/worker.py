@@ -45,6 +45,7 @@ from search.storage import (
     storage_of,
     study_id_of,
     trial_id_of,
+    worker_storage,
 )
 from search.studies import (
     Claim,
@@ -59,6 +60,7 @@ from search.studies import (
 )
 
 log = logging.getLogger("bnsweep.worker")
+STUDY_CACHES = 2  # studies whose trials a worker keeps cached (see Worker._study_storage)
 T = TypeVar("T")
 # Errors that mean "the database is unreachable for now": back off and try again.
 TRANSIENT_ERRORS = (SQLAlchemyError, optuna.exceptions.StorageInternalError, OSError)
@@ -145,6 +147,9 @@ class Worker:
         self.current_slot_id: int | None = None
         self.current_trial_id: int | None = None
         self.trials_run = 0
+        # Optuna's cache of each study's finished trials, kept across this worker's trials of it:
+        # a new cache per trial re-read the whole study (see search.storage.worker_storage).
+        self._study_storages: dict[int, optuna.storages.BaseStorage] = {}
 
     # --- lifecycle
 
@@ -324,7 +329,7 @@ class Worker:
     def _load_study(self, claim: Claim) -> optuna.Study:
         study = optuna.load_study(
             study_name=claim.study_name,
-            storage=self.storage,
+            storage=self._study_storage(claim.study_id),
             sampler=make_sampler(claim.spec, slot_id=claim.slot_id),
             pruner=make_pruner(claim.spec),
         )
@@ -332,6 +337,15 @@ class Worker:
         adopt_orphaned_trials(self.engine, claim.study_id, study_id_of(study), claim.slot_id)
         optuna.storages.fail_stale_trials(study)
         return study
+
+    def _study_storage(self, study_id: int) -> optuna.storages.BaseStorage:
+        """This worker's cached storage of a study; the least recently used of more than
+        ``STUDY_CACHES`` is dropped (a cache holds the study's finished trials in memory)."""
+        storage = self._study_storages.pop(study_id, None) or worker_storage(self.storage)
+        self._study_storages[study_id] = storage  # most recently used last
+        while len(self._study_storages) > STUDY_CACHES:
+            del self._study_storages[next(iter(self._study_storages))]
+        return storage
 
     def _ask(self, study: optuna.Study, spec: StudySpec) -> optuna.Trial:
         with warnings.catch_warnings():
