@@ -11,12 +11,13 @@ weights of an unfused run by (1 + 1e-7) moves its losses by ~2e-7 and, with ghos
 of 8-sample chunks) and bn_momentum 0.3, its running statistics by ~2e-5. Across these cases the
 largest fused-vs-unfused differences are 3e-7 (losses) and 7e-7 (statistics), with 1 or 2 CPU
 threads; with 300 instead of 200 samples the ghost-BN case reached 7e-6 and 1.3e-5. The bounds
-leave a margin for such amplification (and other CPUs' kernels) and still catch real mistakes (a
-wrong momentum, learning rate, batch order or precise-BN count moves losses by 1e-3 and more). An accuracy flips on a near
-tie in the logits, hence one sample. The cases are ones whose unfused runs agree with themselves
-across thread counts (to 5e-7): a config can be chaotic enough that ``train`` alone differs by 5e-4
-between 1 and 2 CPU threads (resnet, after_activation, Nesterov with warm-up, seen here), and no
-fused run can be held closer to it than it is to itself.
+leave a margin for such amplification (and other CPUs' kernels) and still catch real mistakes: a
+1% change of one member's learning rate or momentum, one precise-BN batch less or another batch
+order moves its losses by 3e-3 to 1e-1; a wrong BN momentum moves its running statistics. An
+accuracy flips on a near tie in the logits, hence one sample. The cases are ones whose unfused
+runs agree with themselves across thread counts (to 5e-7): a config can be chaotic enough that
+``train`` alone differs by 5e-4 between 1 and 2 CPU threads (resnet, after_activation, Nesterov
+with warm-up, seen here), and no fused run can be held closer to it than it is to itself.
 """
 
 from __future__ import annotations
