@@ -45,9 +45,11 @@ import torch.nn.functional as F
 from models.config import EpochMetrics, TrainConfig, TrainResult, TrainStatus
 from models.data import Dataset, load_dataset
 from models.device import resolve_device
+from models.estimate import memory_refusal
 from models.fused_layers import fuse_models, keep_members
 from models.fused_optim import fused_optimizer
 from models.layers import bn_layers, recompute_bn_stats
+from models.registry import DATASETS
 from models.train import (
     EpochCallback,
     autocast_for,
@@ -113,7 +115,10 @@ def fusion_key(config: TrainConfig) -> Hashable | None:
     if not entry.tags.get("fusable", False) or model_params.get("dropout", 0.0) > 0:
         return None
     values: dict[str, Any] = {name: getattr(config, name) for name in SHARED_FIELDS}
-    values["model_params"] = model_params  # defaults filled in: {} and the defaults are equal
+    # Parameters with their defaults filled in: {} and the defaults spelled out are equal.
+    values["model_params"] = model_params
+    dataset = DATASETS.get(config.dataset, "dataset")
+    values["dataset_params"] = dataset.resolve_params(config.dataset_params, "dataset.params")
     values["device"] = str(resolve_device(config.device))  # "auto" and what it resolves to
     return tuple((name, _hashable(values[name])) for name in SHARED_FIELDS)
 
@@ -189,9 +194,11 @@ def _train_group(
         results[member.index] = train(member.config, data, member.on_epoch)
         return
     device = resolve_device(members[0].config.device)
-    out_of_memory = False
+    # A group whose estimate cannot fit the device's free memory is split before it is built.
+    out_of_memory = memory_refusal(members[0].config, device, data, len(members)) is not None
     try:
-        _FusedRun(members, data, device, results).run()
+        if not out_of_memory:
+            _FusedRun(members, data, device, results).run()
     except Exception as exc:  # only out-of-memory is retried; anything else is a bug
         if not is_oom(exc):
             raise

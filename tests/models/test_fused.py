@@ -204,8 +204,12 @@ def test_configs_differing_only_in_per_member_settings_share_a_fusion_key(
     configs = group_configs("mlp", {"width": 16}, [8], "before_activation", PRECISE)
     keys = {fusion_key(c) for c in configs}
     assert len(keys) == 1 and None not in keys
-    # Resolved parameters: the defaults spelled out are the same model.
-    explicit = dataclasses.replace(tiny_config, model_params={"width": 32, "depth": 2})
+    # Resolved parameters: the defaults spelled out are the same model and the same data.
+    explicit = dataclasses.replace(
+        tiny_config,
+        model_params={"width": 32, "depth": 2},
+        dataset_params={**tiny_config.dataset_params, "noise": 1.0},
+    )
     implicit = dataclasses.replace(tiny_config, model_params={"width": 32})
     assert fusion_key(explicit) == fusion_key(implicit)
 
