@@ -111,6 +111,17 @@ def _engine(url: str, pool_size: int) -> Engine:
     return engine
 
 
+@functools.cache
+def read_only(engine: Engine) -> Engine:
+    """``engine`` for reads that need no transaction around them: on PostgreSQL in autocommit
+    (each statement sees what is committed, as it does in a READ COMMITTED transaction, and no
+    BEGIN and ROLLBACK round trips per connection); SQLite's reads keep their transaction (one
+    snapshot for all statements). Same pool."""
+    if engine.dialect.name != "postgresql":
+        return engine
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
+
+
 @contextlib.contextmanager
 def locked_transaction(engine: Engine) -> Iterator[Connection]:
     """A transaction for read-then-write units (claims, status changes).
@@ -244,15 +255,19 @@ def stored_value(value: float | None, value_type: Any) -> float:
 _IDS_PER_QUERY = 1_000  # below SQLite's bound on variables per statement
 
 
-def trials_by_id(conn: Connection, trial_ids: Iterable[int]) -> dict[int, FrozenTrial]:
+def trials_by_id(
+    conn: Connection, trial_ids: Iterable[int], *, details: bool = True
+) -> dict[int, FrozenTrial]:
     """The trials with ``trial_ids``, as Optuna builds them, in a constant number of queries per
     thousand ids, each reading those trials' rows only (by primary key or ``trial_id`` index).
-    Optuna's own reads return a study's trials all at once, or one per call."""
+    Optuna's own reads return a study's trials all at once, or one per call. Without
+    ``details``, intermediate values and system attrs are left empty (a page shows neither)."""
     ids = list(trial_ids)
     out: dict[int, FrozenTrial] = {}
     for lo in range(0, len(ids), _IDS_PER_QUERY):
         chunk = ids[lo : lo + _IDS_PER_QUERY]
-        for trial in _frozen_trials(conn, TRIALS.c.trial_id.in_(chunk), chunk):
+        where = TRIALS.c.trial_id.in_(chunk)
+        for trial in _frozen_trials(conn, where, chunk, True, details, details):
             out[trial._trial_id] = trial
     return out
 
@@ -321,17 +336,17 @@ def study_trials(
     where = t.study_id == optuna_study_id
     if states is not None:
         where = sa.and_(where, t.state.in_(list(states)))
-    return _frozen_trials(
-        conn, where, sa.select(t.trial_id).where(where), user_attrs, intermediate_values
-    )
+    ids = sa.select(t.trial_id).where(where)
+    return _frozen_trials(conn, where, ids, user_attrs, intermediate_values, True)
 
 
 def _frozen_trials(
     conn: Connection,
     where: Any,
     ids: Any,
-    user_attrs: bool | Iterable[str] = True,
-    intermediate_values: bool = True,
+    user_attrs: bool | Iterable[str],
+    intermediate_values: bool,
+    system_attrs: bool,
 ) -> list[FrozenTrial]:
     """The trials matching ``where`` (on ``trials``), whose ids ``ids`` (a list, or a subquery)
     selects in the other tables."""
@@ -347,7 +362,7 @@ def _frozen_trials(
         if where is not None:
             query = query.where(where)
         # In insertion order, as Optuna's own reads return them (dict order follows).
-        return conn.execute(query.order_by(*table.primary_key.columns))
+        return conn.execute(query.order_by(*table.primary_key.columns)).all()
 
     params: dict[int, dict[str, Any]] = {}
     dists: dict[int, dict[str, BaseDistribution]] = {}
@@ -368,8 +383,9 @@ def _frozen_trials(
         for trial_id, key, value_json in rows(TRIAL_USER_ATTRS, "key", "value_json", where=keys):
             attrs.setdefault(trial_id, {})[key] = json.loads(value_json)
     system: dict[int, dict[str, Any]] = {}
-    for trial_id, key, value_json in rows(TRIAL_SYSTEM_ATTRS, "key", "value_json"):
-        system.setdefault(trial_id, {})[key] = json.loads(value_json)
+    if system_attrs:
+        for trial_id, key, value_json in rows(TRIAL_SYSTEM_ATTRS, "key", "value_json"):
+            system.setdefault(trial_id, {})[key] = json.loads(value_json)
     steps: dict[int, dict[int, float]] = {}
     if intermediate_values:
         to_value = _optuna_models.TrialIntermediateValueModel.stored_repr_to_intermediate_value
@@ -378,7 +394,7 @@ def _frozen_trials(
         ):
             steps.setdefault(trial_id, {})[step] = to_value(value, value_type)
     out = []
-    for row in conn.execute(trials_query.order_by(t.trial_id)):
+    for row in conn.execute(trials_query.order_by(t.trial_id)).all():
         by_objective = values.get(row.trial_id)
         out.append(
             FrozenTrial(

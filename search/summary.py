@@ -25,6 +25,7 @@ them in the other order.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -40,6 +41,7 @@ from search.storage import (
     TRIAL_VALUES,
     TRIALS,
     locked_transaction,
+    read_only,
     stored_value,
     trial_state_name,
 )
@@ -47,6 +49,7 @@ from search.storage import (
 SUMMARY = cast(sa.Table, TrialSummaryRow.__table__)
 TALLY = cast(sa.Table, TrialTallyRow.__table__)
 UNFINISHED = (TrialStateName.RUNNING.value, TrialStateName.WAITING.value)
+_TALLY_QUERY = sa.select(TALLY).where(TALLY.c.optuna_study_id == sa.bindparam("oid"))
 # States whose trials never have a value: sorting them by value is sorting them by number.
 VALUELESS_STATES = frozenset({TrialStateName.FAIL, TrialStateName.RUNNING, TrialStateName.WAITING})
 
@@ -82,10 +85,8 @@ def _tally_of(row: Any) -> Tally:
 
 def refresh(engine: Engine, optuna_study_id: int) -> Tally:
     """The study's tally, synced first if Optuna's tables moved on (two small queries if not)."""
-    with engine.connect() as conn:
-        row = conn.execute(
-            sa.select(TALLY).where(TALLY.c.optuna_study_id == optuna_study_id)
-        ).first()
+    with read_only(engine).connect() as conn:
+        row = conn.execute(_TALLY_QUERY, {"oid": optuna_study_id}).first()
         if row is not None and not _behind(conn, optuna_study_id, row.synced_trial_id):
             return _tally_of(row)
     with locked_transaction(engine) as conn:
@@ -135,7 +136,16 @@ def forget(conn: Connection, optuna_study_id: int) -> None:
 def _trial_rows(conn: Connection, optuna_study_id: int, synced: int, values: bool) -> list[Any]:
     """Optuna's trials of the study that are new or were unfinished, with the state the summary
     knows them in (None: new) and, if ``values``, their first two objective values."""
+    params = {"oid": optuna_study_id, "synced": synced}
+    return sorted(conn.execute(_trial_rows_query(values), params).all(), key=lambda r: r.trial_id)
+
+
+@functools.cache
+def _trial_rows_query(values: bool) -> sa.CompoundSelect[Any]:
+    """The statement of ``_trial_rows``, built once (reads run it at every request)."""
     t, s = TRIALS, SUMMARY
+    oid: sa.BindParameter[int] = sa.bindparam("oid", type_=sa.Integer)
+    synced: sa.BindParameter[int] = sa.bindparam("synced", type_=sa.Integer)
     columns: list[Any] = [t.c.trial_id, t.c.number, t.c.state, s.c.state.label("known")]
     joined = t.outerjoin(s, s.c.trial_id == t.c.trial_id)
     if values:
@@ -150,13 +160,13 @@ def _trial_rows(conn: Connection, optuna_study_id: int, synced: int, values: boo
             ]
     base = sa.select(*columns).select_from(joined)
     unfinished = sa.select(s.c.trial_id).where(
-        s.c.optuna_study_id == optuna_study_id, s.c.state.in_(UNFINISHED)
+        s.c.optuna_study_id == oid, s.c.state.in_(UNFINISHED)
     )
     # Two index range scans (new trials by primary key, unfinished ones by our state index): an
     # OR of the two would have the planner read every trial of the study instead.
-    newer = base.where(t.c.study_id == optuna_study_id, t.c.trial_id > synced)
+    newer = base.where(t.c.study_id == oid, t.c.trial_id > synced)
     pending = base.where(t.c.trial_id.in_(unfinished), t.c.trial_id <= synced)
-    return sorted(conn.execute(sa.union_all(newer, pending)).all(), key=lambda r: r.trial_id)
+    return sa.union_all(newer, pending)
 
 
 def _behind(conn: Connection, optuna_study_id: int, synced: int) -> bool:

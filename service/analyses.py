@@ -31,6 +31,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import resource
 import threading
 import time
 import uuid
@@ -63,6 +64,7 @@ MIN_INTERVAL_S = 1.0
 RATE = 3.0  # a recomputation waits RATE × the last one's duration after it
 TIMEOUT_S = 1_800.0  # a computation past this is killed (and recorded as failed)
 POLL_S = 1.0  # how often the thread looks for work other processes asked for
+CHILD_MEMORY_FRACTION = 1 / 3  # of physical memory, for one child computation
 RETRY_AFTER_FAILURE_S = 30.0  # a computation that produced nothing is retried after this
 
 
@@ -198,26 +200,40 @@ def _finished(
     return int(counted) + sum(t.state in finished for t in trials)
 
 
-def _child(end: PipeEnd, url: str, study_id: int, kind: str) -> None:
-    """Entry point of the child process that computes a large study's analysis."""
+def _child(end: PipeEnd, url: str, study_id: int, kind: str, finished: int) -> None:
+    """Entry point of the child process that computes a large study's analysis (of about
+    ``finished`` finished trials)."""
     with contextlib.suppress(OSError):
         os.nice(10)  # the API and the database come first
+    with contextlib.suppress(OSError, ValueError):
+        # An analysis too large for this machine fails alone (MemoryError, recorded as its
+        # error) rather than have the kernel pick a victim among the API and the database.
+        limit = CHILD_MEMORY_FRACTION * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        resource.setrlimit(resource.RLIMIT_AS, (int(limit), int(limit)))
+    started = time.perf_counter()
     try:
         end.send(compute(url, study_id, kind))
-    except BaseException as exc:  # e.g. the database is away: reported to the parent
-        end.send(Outcome(-1, None, f"{type(exc).__name__}: {first_line(exc)}", 0.0))
+    except MemoryError:  # too large for this machine: recorded, not retried until more trials
+        reason = f"MemoryError: {finished} trials need more than {CHILD_MEMORY_FRACTION:.0%} of RAM"
+        end.send(Outcome(finished, None, reason, time.perf_counter() - started))
+    except BaseException as exc:  # e.g. the database is away: reported, retried later
+        reason = f"{type(exc).__name__}: {first_line(exc)}"
+        end.send(Outcome(-1, None, reason, time.perf_counter() - started))
     finally:
         end.close()
 
 
 def compute_in_child(
-    url: str, study_id: int, kind: str, timeout_s: float, stop: threading.Event
+    url: str, study_id: int, kind: str, finished: int, timeout_s: float, stop: threading.Event
 ) -> Outcome:
     """``compute`` in a spawned process of its own, killed after ``timeout_s`` or on ``stop``."""
     ctx = multiprocessing.get_context("spawn")
     parent_end, child_end = ctx.Pipe(duplex=False)
     process = ctx.Process(
-        target=_child, args=(child_end, url, study_id, kind), name="bnsweep-analysis", daemon=True
+        target=_child,
+        args=(child_end, url, study_id, kind, finished),
+        name="bnsweep-analysis",
+        daemon=True,
     )
     process.start()
     child_end.close()
@@ -427,19 +443,22 @@ class AnalysisCache:
     def _compute_and_store(self, study_id: int, kind: str, lease: bool, finished: int) -> None:
         if lease and not self._take_lease(study_id, kind):
             return
+        started = time.monotonic()
+        stored = False
         try:
             if finished <= INLINE_MAX_TRIALS or not self.background:
                 outcome = compute(self.url, study_id, kind)
             else:
-                outcome = compute_in_child(self.url, study_id, kind, TIMEOUT_S, self._stop)
+                outcome = compute_in_child(
+                    self.url, study_id, kind, finished, TIMEOUT_S, self._stop
+                )
             stored = self._store(study_id, kind, outcome)
-        except Exception:
-            stored = False
-            raise
         finally:
             if lease:
-                # After a computation that produced nothing, the lease stays until the retry.
-                self._release(study_id, kind, 0.0 if stored else RETRY_AFTER_FAILURE_S)
+                # After a computation that produced nothing, the lease stays until the retry,
+                # as long as the attempt took RATE times over (at least RETRY_AFTER_FAILURE_S).
+                wasted = RATE * (time.monotonic() - started)
+                self._release(study_id, kind, 0.0 if stored else max(RETRY_AFTER_FAILURE_S, wasted))
             with self._done:
                 self._done.notify_all()
 

@@ -18,7 +18,7 @@ from search.db import StudyRow
 from search.errors import NotFoundError
 from search.results import BestResult, TrialSummary, best_result
 from search.states import TrialStateName
-from search.storage import trials_by_id
+from search.storage import read_only, trials_by_id
 from search.studies import spec_of
 from search.summary import front_trial_ids, page_trial_ids, refresh
 from service.analyses import IMPORTANCE, REPORT, AnalysisCache, Cached
@@ -54,7 +54,7 @@ def trial_page(
     """A page of a study's trials; sorting by value puts trials without one last (ties and
     valueless trials by number)."""
     tally = refresh(engine, row.optuna_study_id)
-    with engine.connect() as conn:
+    with read_only(engine).connect() as conn:
         ids = page_trial_ids(
             conn,
             row.optuna_study_id,
@@ -64,7 +64,7 @@ def trial_page(
             offset=offset,
             limit=limit,
         )
-        trials = trials_by_id(conn, ids)
+        trials = trials_by_id(conn, ids, details=False)
     items = [TrialSummary.of(trials[i]) for i in ids if i in trials]
     return Page[TrialSummary](items=items, total=tally.total(state), offset=offset, limit=limit)
 
@@ -73,7 +73,7 @@ def best(engine: Engine, row: StudyRow) -> BestResult:
     """The best trial (or Pareto front) with a config ready to train; NotFoundError if none."""
     spec = spec_of(row)
     tally = refresh(engine, row.optuna_study_id)
-    with engine.connect() as conn:
+    with read_only(engine).connect() as conn:
         if spec.is_multi_objective:
             front = trials_by_id(conn, front_trial_ids(conn, row.optuna_study_id)).values()
             sign = 1 if spec.directions[0] == "maximize" else -1

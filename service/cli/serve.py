@@ -53,6 +53,14 @@ def stop_workers(children: list[SpawnProcess]) -> None:
 @app.command()
 def serve(
     workers: Annotated[int, typer.Option(min=0, help="Local worker processes to start")] = 0,
+    api_processes: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="API processes (uvicorn workers) sharing the port; each holds its own "
+            "connection pools",
+        ),
+    ] = 1,
     host: Annotated[str | None, typer.Option(help="Bind address (default BNSWEEP_HOST)")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default BNSWEEP_PORT)")] = None,
     device: Annotated[str, typer.Option(help="Device of the local workers")] = "auto",
@@ -77,8 +85,23 @@ def serve(
     typer.echo(f"bnsweep API docs: {base}/docs\nOptuna dashboard: {base}/dashboard")
     database = shown_url(settings.database_url)
     typer.echo(f"database: {database}; auth {auth}; local workers: {workers}")
+    if api_processes > 1:
+        typer.echo(f"API processes: {api_processes}")
     try:
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+        if api_processes == 1:
+            app_ = create_app(settings)
+            uvicorn.run(app_, host=settings.host, port=settings.port, log_level="info")
+        else:
+            # Each process builds its app from the environment's settings (host and port are
+            # uvicorn's, given here); they share analyses through leases in the database.
+            uvicorn.run(
+                "service.app:create_app",
+                factory=True,
+                workers=api_processes,
+                host=settings.host,
+                port=settings.port,
+                log_level="info",
+            )
     except KeyboardInterrupt:
         pass
     finally:
