@@ -108,6 +108,20 @@ def load_dataset(
         return data
 
 
+def is_loaded(
+    name: str,
+    params: Mapping[str, Any] | None,
+    device: torch.device | str,
+    data_dir: str | os.PathLike[str] | None = None,
+) -> bool:
+    """Whether ``load_dataset`` would return a dataset already on ``device`` (nothing to add)."""
+    entry = DATASETS.get(name, "dataset.name")
+    canonical = json.dumps(entry.resolve_params(params, "dataset.params"), sort_keys=True)
+    root = Path(data_dir) if data_dir is not None else default_data_dir()
+    with _CACHE_LOCK:
+        return (name, canonical, str(torch.device(device)), str(root.resolve())) in _CACHE
+
+
 def train_size(name: str, params: Mapping[str, Any] | None = None) -> int:
     """Number of training samples of a dataset, as its registration declares it from its
     parameters: nothing is built or read, so validating a spec never loads data."""
@@ -160,9 +174,16 @@ def split_and_normalize(
     Normalization statistics come from the remaining training part only, so validation and test
     data never leak into them. ``channel``: one mean/std per channel (axis 1, for images and
     signals); ``feature``: per input feature; ``global``: one mean/std overall.
+
+    Memory: float32 throughout, statistics accumulated in float64 a slice at a time, and the
+    parts normalized in place, so the peak is the inputs plus one float32 copy of them (a float64
+    temporary of the whole data would be twice that again).
     """
     x_train = np.asarray(x_train, dtype=np.float32)
+    test_input = x_test
     x_test = np.asarray(x_test, dtype=np.float32)
+    if np.shares_memory(x_test, test_input):  # the caller's array: normalize a copy
+        x_test = x_test.copy()
     n = len(x_train)
     perm = np.random.default_rng(seed).permutation(n)
     n_val = round(n * val_fraction)
@@ -175,12 +196,14 @@ def split_and_normalize(
         axes = (0,)
     else:
         axes = tuple(range(xt.ndim))
-    mean = xt.mean(axis=axes, keepdims=True, dtype=np.float64)
-    std = xt.std(axis=axes, keepdims=True, dtype=np.float64)
+    mean, std = _moments(xt, axes)
     std = np.where(std > 1e-8, std, 1.0)  # constant features (e.g. image borders) stay at 0
+    mean32, std32 = mean.astype(np.float32), std.astype(np.float32)
 
-    def tensor_x(x: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(((x - mean) / std).astype(np.float32))
+    def tensor_x(x: np.ndarray) -> torch.Tensor:  # x is ours (an indexed copy): in place
+        x -= mean32
+        x /= std32
+        return torch.from_numpy(x)
 
     def tensor_y(y: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.asarray(y, dtype=np.int64))
@@ -196,3 +219,22 @@ def split_and_normalize(
         input_shape=tuple(int(d) for d in xt.shape[1:]),
         name=name,
     )
+
+
+_MOMENT_VALUES = 1 << 20  # values per slice of the float64 accumulation
+
+
+def _moments(x: np.ndarray, axes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and (population) standard deviation of float32 ``x`` over ``axes`` (which include
+    the sample axis 0), in float64, two passes over slices of samples: numpy's ``std`` makes a
+    float64 copy of the whole array."""
+    rows = max(1, _MOMENT_VALUES // max(1, int(np.prod(x.shape[1:]))))
+    count = x.size // int(np.prod([x.shape[a] for a in range(x.ndim) if a not in axes] or [1]))
+    total = np.zeros([1 if a in axes else d for a, d in enumerate(x.shape)])
+    for start in range(0, len(x), rows):
+        total += x[start : start + rows].sum(axis=axes, keepdims=True, dtype=np.float64)
+    mean = total / max(1, count)
+    squares = np.zeros_like(mean)
+    for start in range(0, len(x), rows):
+        squares += np.square(x[start : start + rows] - mean).sum(axis=axes, keepdims=True)
+    return mean, np.sqrt(squares / max(1, count))

@@ -13,9 +13,15 @@ from typing import Any
 
 import numpy as np
 
-from models.data import PATH_FIELD, Dataset, resolve_data_path, split_and_normalize
+from models.data import (
+    PATH_FIELD,
+    Dataset,
+    default_data_dir,
+    resolve_data_path,
+    split_and_normalize,
+)
 from models.errors import ConfigError, DatasetError
-from models.registry import DATASETS, Param
+from models.registry import DATASETS, DataShape, Param
 
 _VAL = Param("val_fraction", "float", 0.1, "part of the training data held out", low=0.01, high=0.5)
 _SPLIT_SEED = Param("split_seed", "int", 0, "seed of the train/validation split", low=0)
@@ -34,12 +40,26 @@ def _minus_val(n: int, params: dict[str, Any]) -> int:
 def _file_train_size(standard: int) -> Any:
     """The declared training size of a file dataset: its standard size (or ``limit``) minus the
     validation part. Declared, not read: validating a spec must not need the data directory, so a
-    smaller local copy (a subset, a test fixture) only makes the batch-size bound looser."""
-    return lambda p: _minus_val(min(standard, p["limit"] or standard), p)
+    smaller local copy (a subset, a test fixture) only makes the batch-size bound looser. Its path
+    is checked here all the same (inside the data directory, no escape, nothing read), so that a
+    spec naming ``../../etc`` is refused where it enters, not by the worker."""
+
+    def size(p: dict[str, Any]) -> int:
+        resolve_data_path(default_data_dir(), p["path"])
+        return _minus_val(min(standard, p["limit"] or standard), p)
+
+    return size
 
 
-# Generated data is built in memory: bound it so a request cannot exhaust the server's memory.
-MAX_SYNTHETIC_VALUES = 50_000_000  # n_samples x values per sample (float32: 200 MB)
+def _file_shape(input_shape: tuple[int, ...], standard: int, test: int) -> Any:
+    """The declared contents of a file dataset: its standard sizes (or ``limit``), as above."""
+    return lambda p: DataShape(input_shape, 10, min(standard, p["limit"] or standard) + test)
+
+
+# Generated data is built in memory: bound it so a request cannot exhaust the worker's memory.
+# float32 throughout: 200 MB of data at the bound; building it peaks at about twice that (measured
+# in tests/reliability/test_resource_caps.py and docs/reliability.md).
+MAX_SYNTHETIC_VALUES = 50_000_000  # n_samples x values per sample
 
 
 # --- generated and bundled ----------------------------------------------------------------------
@@ -63,6 +83,7 @@ MAX_SYNTHETIC_VALUES = 50_000_000  # n_samples x values per sample (float32: 200
     description="MNIST-1D (Greydanus 2020): 40-point signals, 10 classes, generated locally.",
     # make_dataset makes num_samples // 10 per class and keeps int(80%) of them for training.
     train_size=lambda p: _minus_val(int(p["num_samples"] // 10 * 10 * 0.8), p),
+    data_shape=lambda p: DataShape((40,), 10, p["num_samples"] // 10 * 10),
 )
 def build_mnist1d(
     data_dir: Path, num_samples: int, seed: int, val_fraction: float, split_seed: int
@@ -98,6 +119,7 @@ DIGITS_SAMPLES = 1797
     ),
     description="scikit-learn's 8x8 handwritten digits (1797 images, as 1x8x8).",
     train_size=lambda p: _minus_val(DIGITS_SAMPLES - round(DIGITS_SAMPLES * p["test_fraction"]), p),
+    data_shape=lambda _: DataShape((1, 8, 8), 10, DIGITS_SAMPLES),
 )
 def build_digits(
     data_dir: Path, test_fraction: float, val_fraction: float, split_seed: int
@@ -115,6 +137,9 @@ def build_digits(
         x[train], y[train], x[test], y[test], num_classes=10,
         val_fraction=val_fraction, seed=split_seed, normalize="channel", name="digits",
     )  # fmt: skip
+
+
+_CHUNK = 4096  # samples per step of in-place work on generated data
 
 
 def _check_synthetic_size(n_samples: int, shape: list[int], num_classes: int) -> None:
@@ -153,6 +178,7 @@ def _synthetic_train_size(
     ),
     description="Gaussian class clusters of any shape: learnable, instant, no files.",
     train_size=lambda p: _synthetic_train_size(**p),
+    data_shape=lambda p: DataShape(tuple(p["shape"]), p["num_classes"], p["n_samples"]),
 )
 def build_synthetic(
     data_dir: Path,
@@ -163,13 +189,19 @@ def build_synthetic(
     seed: int,
     val_fraction: float,
 ) -> Dataset:
-    """Class ``c`` samples are ``mu_c + noise * N(0, 1)`` with random centres ``mu_c ~ N(0, 1)``."""
+    """Class ``c`` samples are ``mu_c + noise * N(0, 1)`` with random centres ``mu_c ~ N(0, 1)``.
+
+    Generated in float32 and in place: the data is built once, not once per float64 temporary.
+    """
     _check_synthetic_size(n_samples, shape, num_classes)
     rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(num_classes, *shape))
+    centres = rng.standard_normal(size=(num_classes, *shape), dtype=np.float32)
     y = np.arange(n_samples) % num_classes  # balanced classes
     rng.shuffle(y)
-    x = centres[y] + noise * rng.normal(size=(n_samples, *shape))
+    x = rng.standard_normal(size=(n_samples, *shape), dtype=np.float32)
+    x *= np.float32(noise)
+    for start in range(0, n_samples, _CHUNK):  # centres[y] whole would be another copy of x
+        x[start : start + _CHUNK] += centres[y[start : start + _CHUNK]]
     n_test = max(1, n_samples // 5)
     return split_and_normalize(
         x[n_test:], y[n_test:], x[:n_test], y[:n_test], num_classes=num_classes,
@@ -178,6 +210,13 @@ def build_synthetic(
 
 
 # --- CIFAR-10 (python pickle batches) -----------------------------------------------------------
+
+
+def _unit(pixels: np.ndarray) -> np.ndarray:
+    """Bytes as float32 in [0, 1] (``/ 255.0`` would make a float64 copy, twice the size)."""
+    unit: np.ndarray = np.divide(pixels, 255, dtype=np.float32)
+    return unit
+
 
 CIFAR_EXPECTED = "CIFAR-10 python batches data_batch_1..5 and test_batch"
 
@@ -230,6 +269,7 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     ),
     description="CIFAR-10 from a local copy of the python version (3x32x32, 10 classes).",
     train_size=_file_train_size(50_000),
+    data_shape=_file_shape((3, 32, 32), 50_000, 10_000),
 )
 def build_cifar10(
     data_dir: Path, path: str, limit: int | None, val_fraction: float, split_seed: int
@@ -244,7 +284,7 @@ def build_cifar10(
     x_test, y_test = _read_cifar_batch(root / "test_batch")
     x_train, y_train = _limit(x_train, y_train, limit)
     return split_and_normalize(
-        x_train / 255.0, y_train, x_test / 255.0, y_test, num_classes=10,
+        _unit(x_train), y_train, _unit(x_test), y_test, num_classes=10,
         val_fraction=val_fraction, seed=split_seed, normalize="channel", name="cifar10",
     )  # fmt: skip
 
@@ -317,7 +357,7 @@ def _build_idx(
             )
     x_train, y_train = _limit(arrays["train_images"], arrays["train_labels"], limit)
     return split_and_normalize(
-        x_train[:, None] / 255.0, y_train, arrays["test_images"][:, None] / 255.0,
+        _unit(x_train[:, None]), y_train, _unit(arrays["test_images"][:, None]),
         arrays["test_labels"], num_classes=10, val_fraction=val_fraction, seed=split_seed,
         normalize="channel", name=name,
     )  # fmt: skip
@@ -334,6 +374,7 @@ def _register_idx(name: str, default_path: str, title: str) -> None:
         ),
         description=f"{title} from local IDX files (1x28x28, 10 classes).",
         train_size=_file_train_size(60_000),
+        data_shape=_file_shape((1, 28, 28), 60_000, 10_000),
     )
     def build(
         data_dir: Path, path: str, limit: int | None, val_fraction: float, split_seed: int

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from models.config import EpochMetrics, TrainConfig, TrainResult, TrainStatus
 from models.data import Dataset, load_dataset
 from models.device import resolve_device
+from models.estimate import memory_refusal
 from models.fused_layers import fuse_models, keep_members
 from models.fused_optim import fused_optimizer
 from models.layers import bn_layers, recompute_bn_stats
@@ -193,9 +194,11 @@ def _train_group(
         results[member.index] = train(member.config, data, member.on_epoch)
         return
     device = resolve_device(members[0].config.device)
-    out_of_memory = False
+    # A group whose estimate cannot fit the device's free memory is split before it is built.
+    out_of_memory = memory_refusal(members[0].config, device, data, len(members)) is not None
     try:
-        _FusedRun(members, data, device, results).run()
+        if not out_of_memory:
+            _FusedRun(members, data, device, results).run()
     except Exception as exc:  # only out-of-memory is retried; anything else is a bug
         if not is_oom(exc):
             raise

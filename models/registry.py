@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -62,6 +63,21 @@ class Param:
 
 
 @dataclass(frozen=True)
+class DataShape:
+    """What a dataset holds, declared from its parameters without building it: the shape of one
+    sample, the number of classes and of samples (training, validation and test together)."""
+
+    input_shape: tuple[int, ...]
+    num_classes: int
+    samples: int
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the built dataset: float32 inputs and int64 labels."""
+        return self.samples * (math.prod(self.input_shape) * 4 + 8)
+
+
+@dataclass(frozen=True)
 class Entry:
     """A registered builder with its described parameters."""
 
@@ -72,6 +88,8 @@ class Entry:
     tags: Mapping[str, Any] = field(default_factory=dict)  # JSON-able facts, e.g. placements
     # Datasets: training-set size computed from resolved params without building anything.
     train_size: Callable[[dict[str, Any]], int] | None = None
+    # Datasets: what they hold, from resolved params (resource caps; optional for plug-ins).
+    data_shape: Callable[[dict[str, Any]], DataShape] | None = None
 
     @functools.cached_property
     def params_model(self) -> type[BaseModel]:
@@ -135,12 +153,15 @@ class Registry:
         params: tuple[Param, ...] = (),
         description: str = "",
         train_size: Callable[[dict[str, Any]], int] | None = None,
+        data_shape: Callable[[dict[str, Any]], DataShape] | None = None,
         **tags: Any,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Decorator registering ``builder`` under ``name`` (re-registering replaces).
 
         Datasets must pass ``train_size``: the training-set size computed from the resolved
-        parameters without building anything, so a spec validates without data.
+        parameters without building anything, so a spec validates without data. They should
+        pass ``data_shape`` (sample shape, classes, samples): without it, resource caps are checked
+        by the worker only, once the data is loaded (models/estimate.py).
         """
         if self.sized and train_size is None:
             raise TypeError(f"{self.kind} {name!r} must declare train_size=")
@@ -148,7 +169,9 @@ class Registry:
         def decorate(builder: Callable[..., Any]) -> Callable[..., Any]:
             doc = description or (builder.__doc__ or "").strip().splitlines()[0:1]
             text = doc if isinstance(doc, str) else (doc[0] if doc else "")
-            self._entries[name] = Entry(name, builder, tuple(params), text, tags, train_size)
+            self._entries[name] = Entry(
+                name, builder, tuple(params), text, tags, train_size, data_shape
+            )
             return builder
 
         return decorate

@@ -37,6 +37,7 @@ from models.config import (
 from models.data import Dataset, load_dataset
 from models.device import resolve_device
 from models.errors import first_line
+from models.estimate import memory_refusal
 from models.layers import NormSpec, bn_layers, init_weights, recompute_bn_stats
 from models.validate import check_config
 
@@ -98,6 +99,9 @@ def train(
     start = time.perf_counter()
     oom_message = ""
     try:
+        # Before anything is loaded or built: a run that cannot fit is `oom` without allocating.
+        if (refusal := memory_refusal(config, device, data)) is not None:
+            raise _Stop(TrainStatus.OOM, refusal)
         if data is None:
             data = load_dataset(config.dataset, config.dataset_params, device=device)
         run.num_classes = data.num_classes
@@ -129,9 +133,13 @@ def train(
 
 
 def is_oom(exc: BaseException) -> bool:
-    """Whether ``exc`` says the device ran out of memory."""
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
-        isinstance(exc, RuntimeError) and "out of memory" in str(exc)
+    """Whether ``exc`` says the device ran out of memory (on the CPU: the allocator's failure,
+    ``DefaultCPUAllocator: can't allocate memory``, or numpy's MemoryError)."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError | MemoryError):
+        return True
+    message = str(exc)
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in message or "can't allocate memory" in message
     )
 
 

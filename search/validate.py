@@ -12,8 +12,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from models.config import Home, Kind, SettingInfo, setting_by_spec_name
-from models.errors import ConfigError, reason_of
+from models.config import Home, Kind, Optimizer, Placement, SettingInfo, setting_by_spec_name
+from models.errors import ConfigError, first_line, reason_of
+from models.estimate import RunEstimate, human_bytes, human_count, size_on_meta
 from models.registry import DATASETS, MODELS
 from search.errors import SpecError
 from search.limits import Limits
@@ -98,6 +99,7 @@ def validate_spec(spec: StudySpec, limits: Limits) -> None:
     _check_caps(spec, limits)
     train_size = _check_components(spec)
     _check_dimensions(spec, train_size)
+    _check_resources(spec, limits)
     try:
         check_sampler_and_pruner(spec)
     except ConfigError as exc:
@@ -116,6 +118,79 @@ def _check_caps(spec: StudySpec, limits: Limits) -> None:
     for field_path, value, cap in caps:
         if isinstance(value, int | float) and value > cap:
             raise SpecError(field_path, f"must be <= {cap} (server cap), got {value}")
+
+
+def _check_resources(spec: StudySpec, limits: Limits) -> None:
+    """The largest trial the spec allows within the server's caps on dataset bytes, parameters and
+    trial memory, estimated without building anything (models/estimate.py): the model is built on
+    the meta device at each placement the spec allows, at its largest batch size."""
+    dataset = DATASETS.get(spec.dataset.name)
+    if dataset.data_shape is None:
+        return  # a plug-in that declares no shape: only the worker checks, once data is loaded
+    shape = dataset.data_shape(dataset.resolve_params(spec.dataset.params, "dataset.params"))
+    if shape.nbytes > limits.max_dataset_bytes:
+        raise SpecError(
+            "dataset.params",
+            f"the dataset would hold ~{human_bytes(shape.nbytes)} ({shape.samples:,} samples of "
+            f"{list(shape.input_shape)}, float32), over the server cap of "
+            f"{human_bytes(limits.max_dataset_bytes)} (BNSWEEP_MAX_DATASET_BYTES)",
+        )
+    model_params = MODELS.get(spec.model.name).resolve_params(spec.model.params, "model.params")
+    batch_where, batch = max(_values(spec, "batch_size"), key=lambda item: float(item[1]))
+    smallest = int(min(float(v) for _, v in _values(spec, "batch_size")))
+    adamw = any(str(v) == Optimizer.ADAMW.value for _, v in _values(spec, "optimizer"))
+    optimizer = Optimizer.ADAMW if adamw else Optimizer.SGD
+    worst: RunEstimate | None = None
+    for placement in {Placement(str(v)) for _, v in _values(spec, "bn_placement")}:
+        try:
+            size = size_on_meta(spec.model.name, model_params, shape, placement, forward=False)
+            if size.params > limits.max_params:
+                raise SpecError(
+                    "model.params",
+                    f"the model would have {human_count(size.params)} parameters, over the server "
+                    f"cap of {human_count(limits.max_params)} (BNSWEEP_MAX_PARAMS)",
+                )
+            size = size_on_meta(spec.model.name, model_params, shape, placement)
+        except SpecError:
+            raise
+        except ConfigError as exc:  # e.g. the model cannot take the dataset's sample shape
+            raise SpecError(exc.field, exc.reason) from None
+        except Exception as exc:  # a plug-in that cannot be built or run on the meta device
+            raise SpecError(
+                "model.name", f"cannot be sized on the meta device: {first_line(exc)}"
+            ) from None
+        run = RunEstimate(size, int(batch), optimizer)
+        if worst is None or run.total_bytes > worst.total_bytes:
+            worst = run
+    cap = limits.max_trial_memory_bytes
+    if worst is None or worst.total_bytes <= cap:
+        return
+    largest = _largest_batch(worst, smallest, int(batch), cap)
+    where, hint = (
+        (f"search_space.batch_size{batch_where}", f"; batch sizes up to {largest} fit")
+        if largest is not None
+        else ("model.params", "")
+    )
+    raise SpecError(
+        where,
+        f"a trial would need {worst.describe()}, over the server cap of {human_bytes(cap)} "
+        f"(BNSWEEP_MAX_TRIAL_MEMORY_BYTES){hint}",
+    )
+
+
+def _largest_batch(run: RunEstimate, low: int, high: int, cap: int) -> int | None:
+    """The largest batch size in [low, high] at which ``run`` fits ``cap`` (memory grows with the
+    batch size), or None if not even ``low`` does."""
+
+    def fits(batch_size: int) -> bool:
+        return RunEstimate(run.size, batch_size, run.optimizer).total_bytes <= cap
+
+    if not fits(low):
+        return None
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle - 1)
+    return low
 
 
 def _check_components(spec: StudySpec) -> int:

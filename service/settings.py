@@ -11,6 +11,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from search.limits import Limits
 
+_CAPS = Limits()  # the caps' defaults, stated once
+
 
 class Settings(BaseSettings):
     """bnsweep settings; each field is read from ``BNSWEEP_<NAME>``."""
@@ -24,11 +26,23 @@ class Settings(BaseSettings):
     # Auth: writes need a key unless auth is explicitly turned off (the embedded local default
     # started by `make run` sets BNSWEEP_AUTH=off). Reads are open either way.
     auth: bool = True
-    max_body_bytes: int = 1_000_000
-    max_n_trials: int = Field(default=10_000, ge=1)
-    max_epochs: int = Field(default=1_000, ge=1)
-    max_timeout_seconds: float = Field(default=7 * 24 * 3600, gt=0)
-    max_parallel: int = Field(default=1_024, ge=1)
+    # Request bodies: any body (the dashboard's notes included), and a study spec, which is a few
+    # kB and costs parsing time by size. A body not complete this long after the request began
+    # is refused (408), so a client that sends headers and nothing else holds no server task.
+    max_body_bytes: int = Field(default=1_000_000, ge=1)
+    max_spec_bytes: int = Field(default=64_000, ge=1)
+    body_timeout_s: float = Field(default=10.0, gt=0)
+    # Caps on a spec (search/limits.py states the defaults' reasons).
+    max_n_trials: int = Field(default=_CAPS.max_n_trials, ge=1)
+    max_epochs: int = Field(default=_CAPS.max_epochs, ge=1)
+    max_timeout_seconds: float = Field(default=_CAPS.max_timeout_seconds, gt=0)
+    max_parallel: int = Field(default=_CAPS.max_parallel, ge=1)
+    max_params: int = Field(default=_CAPS.max_params, ge=1)
+    max_trial_memory_bytes: int = Field(default=_CAPS.max_trial_memory_bytes, ge=1)
+    max_dataset_bytes: int = Field(default=_CAPS.max_dataset_bytes, ge=1)
+    # Per-key quotas (auth on); a key may have its own (`bnsweep keys create --max-...`).
+    max_active_studies_per_key: int = Field(default=20, ge=0)
+    max_queued_trials_per_key: int = Field(default=20_000, ge=0)
     heartbeat_interval_s: int = Field(default=5, ge=1)
     grace_period_s: int = Field(default=30, ge=2)
     reaper_interval_s: float = Field(default=10.0, gt=0)
@@ -59,12 +73,7 @@ class Settings(BaseSettings):
 
     @property
     def limits(self) -> Limits:
-        return Limits(
-            max_n_trials=self.max_n_trials,
-            max_epochs=self.max_epochs,
-            max_timeout_seconds=self.max_timeout_seconds,
-            max_parallel=self.max_parallel,
-        )
+        return Limits(**{name: getattr(self, name) for name in Limits.model_fields})
 
 
 @functools.cache
