@@ -11,6 +11,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 
 VERSION_TABLE = "bnsweep_alembic_version"
 TABLE_PREFIX = "bnsweep_"
@@ -27,11 +28,19 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
-    """Create Optuna's tables if needed, then apply our migrations up to ``revision``."""
+    """Create Optuna's tables if needed, then apply our migrations up to ``revision``.
+
+    Nothing to do is cheap: when our schema is already at head (one query), neither Optuna's
+    storage nor Alembic's machinery is started — ``bnsweep run`` pays this at every start.
+    Optuna's schema was created before ours, so it exists too.
+    """
     from search.storage import create_optuna_schema
 
+    config = alembic_config(url)
+    if revision == "head" and current(url) == ScriptDirectory.from_config(config).get_current_head():
+        return
     create_optuna_schema(url)
-    command.upgrade(alembic_config(url), revision)
+    command.upgrade(config, revision)
 
 
 def downgrade(url: str, revision: str = "base") -> None:

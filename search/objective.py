@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import math
 import platform
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import optuna
@@ -27,11 +28,12 @@ from optuna.trial import TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
 from models.config import EpochMetrics, TrainConfig, TrainResult, TrainStatus
-from models.train import train
+from models.fused import train_fused
 from search.spec import PER_EPOCH_METRICS, Metric, StudySpec
 from search.states import TrialStatus
 
 CANCELLED_REASON = "study cancelled"
+STALE_REASON = "failed as stale by another worker while training (its retry is queued)"
 # A diverged run never reaches a trained model: its time is "never" (1e9 s, ~32 years), kept
 # finite so that it stays valid JSON and a usable value for every sampler.
 DIVERGED_SECONDS = 1e9
@@ -80,10 +82,17 @@ def _epoch_value(metric: Metric, history: Sequence[EpochMetrics]) -> float:
             return last.val_accuracy
 
 
+def _bnsweep_version() -> str:
+    try:
+        return version("bnsweep")
+    except PackageNotFoundError:  # a source checkout on PYTHONPATH, not installed
+        return "unknown"
+
+
 def provenance(config: TrainConfig, device: str, worker_id: str) -> dict[str, Any]:
     """Where and with what a trial ran."""
     return {
-        "bnsweep_version": version("bnsweep"),
+        "bnsweep_version": _bnsweep_version(),
         "torch_version": torch.__version__,
         "optuna_version": optuna.__version__,
         "device": device,
@@ -127,51 +136,85 @@ def result_attrs(result: TrainResult) -> dict[str, Any]:
     }
 
 
-def run_trial(
+class _Watcher:
+    """One trial's epoch callback: reports to Optuna, asks the pruner, notices a cancel; and,
+    once training ended, what to tell Optuna about it."""
+
+    def __init__(
+        self, spec: StudySpec, trial: optuna.Trial, should_cancel: Callable[[], bool]
+    ) -> None:
+        self.spec = spec
+        self.trial = trial
+        self.should_cancel = should_cancel
+        self.reports = not spec.is_multi_objective and spec.objective.metric in PER_EPOCH_METRICS
+        # By epoch: after a fused group's out-of-memory retry, epochs may be seen again.
+        self.history: dict[int, EpochMetrics] = {}
+        self.stopped_by: str | None = None
+
+    def on_epoch(self, metrics: EpochMetrics) -> bool:
+        self.history[metrics.epoch] = metrics
+        if self.should_cancel():
+            self.stopped_by = "cancel"
+            return True
+        if not self.reports:
+            return False
+        epochs = [self.history[e] for e in sorted(self.history) if e <= metrics.epoch]
+        value = _epoch_value(self.spec.objective.metric, epochs)
+        try:
+            if math.isfinite(value):
+                self.trial.report(value, metrics.epoch)
+                if self.trial.should_prune():
+                    self.stopped_by = "pruner"
+                    return True
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # Failed as stale by another worker (our heartbeats were late): its retry is queued;
+            # stop training it, and leave the other members of a fused group alone.
+            self.stopped_by = "stale"
+            return True
+        except (optuna.exceptions.StorageInternalError, SQLAlchemyError):
+            pass  # a database blip skips one pruning decision; training goes on
+        return False
+
+    def outcome(self, config: TrainConfig, result: TrainResult, worker_id: str) -> TrialOutcome:
+        attrs = provenance(config, result.device, worker_id) | result_attrs(result)
+        attrs["train_config"] = config.to_dict()
+        targets = self.spec.objective.targets
+        match result.status:
+            case TrainStatus.OK:
+                values = [metric_value(t.metric, result) for t in targets]
+                return TrialOutcome(TrialState.COMPLETE, values, attrs)
+            case TrainStatus.DIVERGED:
+                values = [diverged_value(t.metric, result) for t in targets]
+                return TrialOutcome(TrialState.COMPLETE, values, attrs)
+            case TrainStatus.PRUNED if self.stopped_by == "cancel":
+                attrs |= {"status": TrialStatus.CANCELLED.value, "reason": CANCELLED_REASON}
+                return TrialOutcome(TrialState.FAIL, None, attrs)
+            case TrainStatus.PRUNED if self.stopped_by == "stale":
+                attrs |= {"status": TrialStatus.STALE.value, "reason": STALE_REASON}
+                return TrialOutcome(TrialState.FAIL, None, attrs)
+            case TrainStatus.PRUNED:
+                return TrialOutcome(TrialState.PRUNED, None, attrs)
+            case _:  # OOM
+                return TrialOutcome(TrialState.FAIL, None, attrs)
+
+
+def run_trials(
     spec: StudySpec,
-    trial: optuna.Trial,
+    trials: Sequence[optuna.Trial],
     device: str,
     worker_id: str,
     should_cancel: Callable[[], bool] = lambda: False,
-) -> TrialOutcome:
-    """Train the trial's configuration and decide what to tell Optuna. Never raises for a fault."""
-    config = spec.train_config(trial.params, device)
-    primary = spec.objective.metric
-    report = not spec.is_multi_objective and primary in PER_EPOCH_METRICS
-    history: list[EpochMetrics] = []
-    stopped_by: list[str] = []
-
-    def on_epoch(metrics: EpochMetrics) -> bool:
-        history.append(metrics)
-        if should_cancel():
-            stopped_by.append("cancel")
-            return True
-        if report:
-            value = _epoch_value(primary, history)
-            try:
-                if math.isfinite(value):
-                    trial.report(value, metrics.epoch)
-                    if trial.should_prune():
-                        stopped_by.append("pruner")
-                        return True
-            except (optuna.exceptions.StorageInternalError, SQLAlchemyError):
-                pass  # a database blip skips one pruning decision; training goes on
-        return False
-
-    result = train(config, on_epoch=on_epoch)
-    attrs = provenance(config, result.device, worker_id) | result_attrs(result)
-    attrs["train_config"] = config.to_dict()
-    match result.status:
-        case TrainStatus.OK:
-            values = [metric_value(t.metric, result) for t in spec.objective.targets]
-            return TrialOutcome(TrialState.COMPLETE, values, attrs)
-        case TrainStatus.DIVERGED:
-            values = [diverged_value(t.metric, result) for t in spec.objective.targets]
-            return TrialOutcome(TrialState.COMPLETE, values, attrs)
-        case TrainStatus.PRUNED if stopped_by == ["cancel"]:
-            attrs |= {"status": TrialStatus.CANCELLED.value, "reason": CANCELLED_REASON}
-            return TrialOutcome(TrialState.FAIL, None, attrs)
-        case TrainStatus.PRUNED:
-            return TrialOutcome(TrialState.PRUNED, None, attrs)
-        case _:  # OOM
-            return TrialOutcome(TrialState.FAIL, None, attrs)
+) -> list[TrialOutcome]:
+    """Train the trials' configurations — fused into one model when there are several, which the
+    caller gave the same shaping settings — and decide what to tell Optuna about each. Never
+    raises for a fault of a trial: each member ends with its own outcome."""
+    configs = [spec.train_config(t.params, device) for t in trials]
+    watchers = [_Watcher(spec, t, should_cancel) for t in trials]
+    results = train_fused(configs, on_epoch=[w.on_epoch for w in watchers])
+    outcomes = [
+        w.outcome(c, r, worker_id) for w, c, r in zip(watchers, configs, results, strict=True)
+    ]
+    group = {"fuse_group": uuid.uuid4().hex, "fuse_size": len(trials)}
+    for outcome in outcomes:
+        outcome.user_attrs.update(group)
+    return outcomes

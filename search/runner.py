@@ -1,11 +1,18 @@
-"""Run a whole study locally, without the HTTP service: create (or resume) it, start N worker
-processes restricted to it, report progress, and return when it has ended."""
+"""Run a whole study locally, without the HTTP service: create (or resume) it, run its workers,
+report progress, and return when it has ended.
+
+Low fixed cost: one worker runs in this process (torch, the dataset and the database connections
+are already here; only extra workers are spawned), progress is read by a thread beside it, and the
+call returns as soon as the study has ended — no polling delay at the end.
+"""
 
 from __future__ import annotations
 
-import time
+import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import optuna
 
@@ -18,7 +25,7 @@ from search.studies import (
     create_study,
     get_study_row,
 )
-from search.worker import WorkerOptions, spawn_workers
+from search.worker import Worker, WorkerOptions, spawn_workers
 
 
 @dataclass(frozen=True)
@@ -63,25 +70,59 @@ def run_study(
     device: str = "auto",
     on_progress: Callable[[Progress], None] | None = None,
     poll_s: float = 1.0,
+    fuse: int | Literal["auto"] | None = None,
 ) -> Progress:
-    """Create or resume the study and run it to its end with ``n_workers`` local processes."""
+    """Create or resume the study and run it to its end with ``n_workers`` local workers: one in
+    this process (the calling thread: SIGINT/SIGTERM stop it cleanly), the others spawned.
+
+    Args:
+        fuse: Trials per fused model for these workers (None: the spec's ``execution.fuse``).
+    """
     study_id = ensure_study(url, spec)
+    threads = max(1, (os.cpu_count() or 1) // n_workers)  # the workers share the cores
     options = WorkerOptions(
-        storage_url=url, device=device, study_name=spec.name, exit_when_done=True, poll_s=poll_s
+        storage_url=url,
+        device=device,
+        study_name=spec.name,
+        exit_when_done=True,
+        poll_s=poll_s,
+        cpu_threads=threads,
+        fuse=fuse,
     )
-    workers = spawn_workers(options, [device] * n_workers)
+    children = spawn_workers(options, [device] * (n_workers - 1))
+    done = threading.Event()
+    reporter = threading.Thread(
+        target=_report_until, args=(done, url, study_id, on_progress, poll_s), daemon=True
+    )
+    if on_progress:
+        reporter.start()
     try:
-        while any(w.is_alive() for w in workers):
-            if on_progress:
-                on_progress(progress(url, study_id))
-            time.sleep(poll_s)
+        Worker(options).run()
+        for child in children:
+            child.join()
     finally:
-        for w in workers:
-            if w.is_alive():
-                w.terminate()  # SIGTERM: the worker fails its trial cleanly and queues a retry
-        for w in workers:
-            w.join()
+        done.set()
+        for child in children:
+            if child.is_alive():
+                child.terminate()  # SIGTERM: the worker fails its trial cleanly and queues a retry
+        for child in children:
+            child.join()
+        if reporter.is_alive():
+            reporter.join()
     final = progress(url, study_id)
     if on_progress:
         on_progress(final)
     return final
+
+
+def _report_until(
+    done: threading.Event,
+    url: str,
+    study_id: int,
+    on_progress: Callable[[Progress], None] | None,
+    every_s: float,
+) -> None:
+    """Call ``on_progress`` every ``every_s`` until ``done`` (a thread beside the worker)."""
+    assert on_progress is not None
+    while not done.wait(every_s):
+        on_progress(progress(url, study_id))

@@ -21,27 +21,34 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from multiprocessing.context import SpawnProcess
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import optuna
 import sqlalchemy as sa
 import torch
+from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
+from models.config import setting_by_spec_name
+from models.data import load_dataset
 from models.device import resolve_device
 from models.errors import first_line
+from models.fused import fusion_key
+from models.fused_sizing import best_group_size
 from search.db import WorkerRow
-from search.objective import TrialOutcome, run_trial
+from search.objective import TrialOutcome, run_trials
 from search.optuna_map import distributions, make_pruner, make_sampler
 from search.retry import RetryFromSpec
-from search.spec import StudySpec
+from search.spec import Metric, StudySpec
 from search.states import StudyStatus, TrialStatus, WorkerStatus
 from search.storage import (
     DEFAULT_GRACE_PERIOD_S,
     DEFAULT_HEARTBEAT_INTERVAL_S,
+    ask_with_fixed_params,
     get_engine,
     get_storage,
+    pop_waiting_trial,
     storage_of,
     study_id_of,
     trial_id_of,
@@ -51,6 +58,7 @@ from search.studies import (
     Claim,
     active_study_ids,
     adopt_orphaned_trials,
+    claim_more_slots,
     claim_slot,
     fail_study,
     finish_slot,
@@ -60,6 +68,10 @@ from search.studies import (
 )
 
 log = logging.getLogger("bnsweep.worker")
+# Largest fused group ``fuse: auto`` tries (the measurement picks the fastest size up to it).
+AUTO_MAX_FUSE_CPU = 16
+AUTO_MAX_FUSE_CUDA = 64
+TIMING_METRICS = frozenset({Metric.TRAIN_SECONDS, Metric.SAMPLES_PER_SECOND})
 STUDY_CACHES = 2  # studies whose trials a worker keeps cached (see Worker._study_storage)
 T = TypeVar("T")
 # Errors that mean "the database is unreachable for now": back off and try again.
@@ -80,6 +92,7 @@ class WorkerOptions:
     grace_period_s: int = DEFAULT_GRACE_PERIOD_S
     max_backoff_s: float = 30.0
     cpu_threads: int | None = None  # torch threads on a CPU device (None: torch's default)
+    fuse: int | Literal["auto"] | None = None  # trials per fused group; None: the spec's own
 
 
 class WorkerStopped(BaseException):
@@ -114,13 +127,12 @@ class Heartbeat(threading.Thread):
         w = self.worker
         try:
             w.update_worker_row(heartbeat_at=sa.func.now())
-            slot_id, trial_id = w.current_slot_id, w.current_trial_id
-            # The trial before its slot: a dead worker's trial must go stale no later than its
+            # Trials before their slots: a dead worker's trial must go stale no later than its
             # slot, or the claimer that frees the slot may run fail_stale_trials a moment too
             # early, ask a new trial, and leave the dead one RUNNING in a study that then ends.
-            if trial_id is not None:
+            for trial_id in list(w.current_trial_ids):
                 w.storage.record_heartbeat(trial_id)
-            if slot_id is not None:
+            for slot_id in list(w.current_slot_ids):
                 heartbeat_slot(w.engine, slot_id)
         except TRANSIENT_ERRORS as exc:
             log.warning("heartbeat failed (will retry): %s", first_line(exc))
@@ -129,8 +141,18 @@ class Heartbeat(threading.Thread):
 # --- the worker ---------------------------------------------------------------------------------
 
 
+@dataclass
+class _Member:
+    """A claimed slot, its trial once asked, and the state told for it."""
+
+    slot_id: int
+    trial: optuna.Trial | None = None
+    state: str | None = None
+
+
 class Worker:
-    """One slot: claims a trial, trains it, tells Optuna, repeats."""
+    """One device: claims a trial (and, where the study fuses, more trials sharing its shaping
+    settings), trains them as one model, tells Optuna about each, repeats."""
 
     def __init__(self, options: WorkerOptions) -> None:
         self.options = options
@@ -144,8 +166,9 @@ class Worker:
         )
         self.stop_requested: str | bool = False  # the reason, once a stop is requested
         self.in_training = False
-        self.current_slot_id: int | None = None
-        self.current_trial_id: int | None = None
+        # Slots and trials being heartbeated: several while a fused group trains.
+        self.current_slot_ids: set[int] = set()
+        self.current_trial_ids: set[int] = set()
         self.trials_run = 0
         # Optuna's cache of each study's finished trials, kept across this worker's trials of it:
         # a new cache per trial re-read the whole study (see search.storage.worker_storage).
@@ -277,46 +300,54 @@ class Worker:
     # --- one trial
 
     def _run_claim(self, claim: Claim) -> None:
-        """Run one trial for a claimed slot; the slot is always closed afterwards."""
+        """Run the claimed slot's trial — fused with more members when the study and this device
+        gain from it — and close every slot afterwards, whatever happens."""
         spec = claim.spec
-        self.current_slot_id = claim.slot_id
-        trial_state: str | None = None
+        members = [_Member(claim.slot_id)]
+        self.current_slot_ids = {claim.slot_id}
         try:
             try:
                 study = self._retry(lambda: self._load_study(claim), f"load {claim.study_name!r}")
-                trial = self._retry(lambda: self._ask(study, spec), "ask")
+                members[0].trial = self._start(claim, members[0], lambda: self._ask(study, spec))
+                extra = self._group_size(spec, members[0].trial) - 1
+                slots = self._retry(
+                    lambda: claim_more_slots(
+                        self.engine, self.worker_id, claim, extra, self.options.grace_period_s
+                    ),
+                    "claim group",
+                )
+                for slot_id in slots:
+                    members.append(_Member(slot_id))
+                    self.current_slot_ids.add(slot_id)
+                shaping = _shaping_params(spec, members[0].trial)
+                dists = distributions(spec)
+                for member in members[1:]:
+                    member.trial = self._start(
+                        claim, member, lambda: self._ask_member(study, shaping, dists)
+                    )
             except Exception as exc:  # e.g. a sampler option that only fails when sampling
                 # Every worker would fail the same way: end the study, keep the worker.
                 log.exception("study %r cannot start a trial", claim.study_name)
                 reason = f"cannot start a trial: {type(exc).__name__}: {first_line(exc)}"
                 self._retry(lambda: fail_study(self.engine, claim.study_id, reason), "fail study")
                 return
-            # Retried on its own: retrying the ask would leave the first trial orphaned.
-            self._retry(lambda: self.storage.record_heartbeat(trial_id_of(trial)), "heartbeat")
-            self.current_trial_id = trial_id_of(trial)
-            self._retry(lambda: set_slot_trial(self.engine, claim.slot_id, trial.number), "slot")
+            trials = [m.trial for m in members if m.trial is not None]
             self._retry(
                 lambda: self.update_worker_row(
                     status=WorkerStatus.BUSY.value,
                     current_study_id=claim.study_id,
-                    current_trial_number=trial.number,
+                    current_trial_number=trials[0].number,
                 ),
                 "worker row",
             )
-            outcome, retry = self._train(claim, trial)
-            told = self._retry(lambda: self._tell(study, trial, outcome), "tell")
-            # Not told: another worker failed the trial as stale (and queued its retry).
-            trial_state = outcome.state.name if told else TrialState.FAIL.name
-            if retry and told:
-                frozen = self._retry(
-                    lambda: storage_of(study).get_trial(trial_id_of(trial)), "read"
-                )
-                self._retry(lambda: RetryFromSpec()(study, frozen), "queue retry")
-            self.trials_run += 1
+            outcomes, retry = self._train(claim, trials)
+            for member, outcome in zip(members, outcomes, strict=True):
+                member.state = self._finish(study, member, outcome, retry)
         finally:
-            self.current_trial_id = None
-            self._retry(lambda: finish_slot(self.engine, claim.slot_id, trial_state), "close slot")
-            self.current_slot_id = None
+            self.current_trial_ids = set()
+            for member in members:
+                self._close_slot(member)
+            self.current_slot_ids = set()
             self._retry(
                 lambda: self.update_worker_row(
                     status=WorkerStatus.IDLE.value,
@@ -325,6 +356,62 @@ class Worker:
                 ),
                 "worker row",
             )
+
+    def _close_slot(self, member: _Member) -> None:
+        self._retry(lambda: finish_slot(self.engine, member.slot_id, member.state), "close slot")
+
+    def _start(
+        self, claim: Claim, member: _Member, ask: Callable[[], optuna.Trial]
+    ) -> optuna.Trial:
+        """Ask a member's trial, heartbeat it and link it to its slot."""
+        trial = self._retry(ask, "ask")
+        member.trial = trial
+        # Retried on its own: retrying the ask would leave the first trial orphaned.
+        self._retry(lambda: self.storage.record_heartbeat(trial_id_of(trial)), "heartbeat")
+        self.current_trial_ids.add(trial_id_of(trial))
+        self._retry(lambda: set_slot_trial(self.engine, member.slot_id, trial.number), "slot")
+        return trial
+
+    def _finish(
+        self, study: optuna.Study, member: _Member, outcome: TrialOutcome, retry: bool
+    ) -> str:
+        """Tell a member's outcome (queueing its retry if due); return the state told."""
+        trial = member.trial
+        assert trial is not None
+        told = self._retry(lambda: self._tell(study, trial, outcome), "tell")
+        if retry and told:
+            frozen = self._retry(lambda: storage_of(study).get_trial(trial_id_of(trial)), "read")
+            self._retry(lambda: RetryFromSpec()(study, frozen), "queue retry")
+        self.trials_run += 1
+        # Not told: another worker failed the trial as stale (and queued its retry).
+        return outcome.state.name if told else TrialState.FAIL.name
+
+    def _ask_member(
+        self, study: optuna.Study, shaping: dict[str, Any], dists: dict[str, BaseDistribution]
+    ) -> optuna.Trial:
+        """A further member of a fused group: a waiting trial (enqueued, a retry) that fits the
+        group's shape first, else a new trial with that shape whose other values the sampler
+        chooses."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            waiting = pop_waiting_trial(study, shaping, dists)
+            return waiting or ask_with_fixed_params(study, shaping, dists)
+
+    def _group_size(self, spec: StudySpec, trial: optuna.Trial) -> int:
+        """How many trials to train as one model with ``trial``: 1 unless the spec (or this
+        worker's ``fuse``) allows more and the model can fuse; ``auto`` measures, on this device,
+        which group size trains fastest for this shape (cached per shape in this process)."""
+        fuse = self.options.fuse if self.options.fuse is not None else spec.execution.fuse
+        if fuse == 1 or any(t.metric in TIMING_METRICS for t in spec.objective.targets):
+            return 1  # a fused member's time is its group's: not a time of its own to optimise
+        config = spec.train_config(trial.params, self.device)
+        if fusion_key(config) is None:
+            return 1
+        if fuse != "auto":
+            return int(fuse)
+        data = load_dataset(config.dataset, config.dataset_params, device=self.device)
+        max_k = AUTO_MAX_FUSE_CUDA if self.device.startswith("cuda") else AUTO_MAX_FUSE_CPU
+        return best_group_size(config, data, max_k=max_k)
 
     def _load_study(self, claim: Claim) -> optuna.Study:
         study = optuna.load_study(
@@ -353,8 +440,9 @@ class Worker:
             warnings.filterwarnings("ignore", message="Heartbeat of storage")
             return study.ask(fixed_distributions=distributions(spec))
 
-    def _train(self, claim: Claim, trial: optuna.Trial) -> tuple[TrialOutcome, bool]:
-        """Train; returns the outcome and whether the trial should be retried."""
+    def _train(self, claim: Claim, trials: list[optuna.Trial]) -> tuple[list[TrialOutcome], bool]:
+        """Train; returns each trial's outcome and whether they should be retried (a fault of the
+        worker or the database, not of the configurations)."""
 
         def cancelled() -> bool:
             if self.stop_requested:  # a signal that landed inside a database call, say
@@ -365,43 +453,28 @@ class Worker:
             except TRANSIENT_ERRORS:
                 return False  # keep training through a database blip
 
+        def everyone(status: TrialStatus, reason: str) -> list[TrialOutcome]:
+            attrs = {"status": status, "reason": reason[:2000], "worker_id": self.worker_id}
+            return [TrialOutcome(TrialState.FAIL, None, dict(attrs)) for _ in trials]
+
+        numbers = ", ".join(str(t.number) for t in trials)
         self.in_training = True
         try:
             if self.stop_requested:
                 raise WorkerStopped(str(self.stop_requested))
-            return run_trial(claim.spec, trial, self.device, self.worker_id, cancelled), False
+            outcomes = run_trials(claim.spec, trials, self.device, self.worker_id, cancelled)
+            return outcomes, False
         except WorkerStopped as exc:
-            attrs = {
-                "status": TrialStatus.INTERRUPTED,
-                "reason": str(exc),
-                "worker_id": self.worker_id,
-            }
-            return TrialOutcome(TrialState.FAIL, None, attrs), True
+            return everyone(TrialStatus.INTERRUPTED, str(exc)), True
         except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
             # The database went away mid-trial (a report, a prune check): the run cannot go on
             # without its intermediate values, but the configuration is not at fault: retry it.
-            log.warning("trial %s lost the database: %s", trial.number, first_line(exc))
-            reason = f"database unavailable during training: {first_line(exc)}"[:2000]
-            attrs = {
-                "status": TrialStatus.INTERRUPTED,
-                "reason": reason,
-                "worker_id": self.worker_id,
-            }
-            return TrialOutcome(TrialState.FAIL, None, attrs), True
-        except optuna.exceptions.UpdateFinishedTrialError as exc:
-            # Our heartbeats were late (an overloaded host, a long outage): another worker failed
-            # the trial as stale and queued its retry. Stop training it; nothing left to tell.
-            log.warning("trial %s was failed as stale meanwhile: %s", trial.number, exc)
-            attrs = {"status": TrialStatus.STALE, "reason": str(exc), "worker_id": self.worker_id}
-            return TrialOutcome(TrialState.FAIL, None, attrs), False
+            log.warning("trial(s) %s lost the database: %s", numbers, first_line(exc))
+            reason = f"database unavailable during training: {first_line(exc)}"
+            return everyone(TrialStatus.INTERRUPTED, reason), True
         except Exception as exc:  # a bug or bad data must not kill the worker: record it
-            log.exception("trial %s raised", trial.number)
-            attrs = {
-                "status": TrialStatus.ERROR,
-                "reason": f"{type(exc).__name__}: {exc}"[:2000],
-                "worker_id": self.worker_id,
-            }
-            return TrialOutcome(TrialState.FAIL, None, attrs), False
+            log.exception("trial(s) %s raised", numbers)
+            return everyone(TrialStatus.ERROR, f"{type(exc).__name__}: {exc}"), False
         finally:
             self.in_training = False
 
@@ -424,6 +497,18 @@ class Worker:
         except Exception:  # e.g. a sampler's after_trial hook: must not end the worker
             log.exception("telling trial %s failed", trial.number)
             return False
+        attrs = outcome.user_attrs
+        value = f" value {outcome.values[0]:.4g}" if outcome.values else ""
+        log.info(
+            "study %r trial %d %s%s (%s) in %.1fs: %s",
+            study.study_name,
+            trial.number,
+            outcome.state.name,
+            value,
+            attrs.get("status"),
+            attrs.get("train_seconds") or 0.0,
+            trial.params,
+        )
         return True
 
 
@@ -502,3 +587,14 @@ def run_workers(options: WorkerOptions, devices: list[str]) -> None:
     signal.signal(signal.SIGINT, forward)
     for child in children:
         child.join()
+
+
+def _shaping_params(spec: StudySpec, trial: optuna.Trial) -> dict[str, Any]:
+    """The first member's sampled values of the settings the members of a fused group share
+    (batch size, placement, ...): the others get them; the sampler chooses the rest."""
+    shared = {
+        name
+        for name in spec.search_space.searched()
+        if (info := setting_by_spec_name(name)) is not None and not info.setting.per_member
+    }
+    return {name: value for name, value in trial.params.items() if name in shared}

@@ -40,7 +40,11 @@ def load_test_plugins() -> None:
 
 
 def tiny_spec(name: str, **sections: Any) -> StudySpec:
-    """A spec that trains in well under a second per trial on CPU (synthetic data, small MLP)."""
+    """A spec that trains in well under a second per trial on CPU (synthetic data, small MLP).
+
+    One trial per model (``fuse: 1``) unless a test asks for fused groups: the tests of workers,
+    retries and faults count trials one by one.
+    """
     data: dict[str, Any] = {
         "name": name,
         "dataset": {"name": "synthetic", "params": {"n_samples": 400, "shape": [8]}},
@@ -49,6 +53,7 @@ def tiny_spec(name: str, **sections: Any) -> StudySpec:
         "training": {"epochs": 2},
         "budget": {"n_trials": 4},
         "sampler": {"name": "random", "seed": 0},
+        "execution": {"fuse": 1},
     }
     data.update(sections)
     return parse_spec(data)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
@@ -15,6 +15,24 @@ if TYPE_CHECKING:
 
 app = typer.Typer()
 DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
+FuseOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Trials trained as one fused model: auto (measured per shape on this device) or "
+        "1..64; default: the spec's execution.fuse. 1 = one trial per model."
+    ),
+]
+
+
+def parse_fuse(value: str | None) -> int | Literal["auto"] | None:
+    """``--fuse``: auto, or a group size in 1..64; exit 2 with one line otherwise."""
+    from search.spec import MAX_FUSE
+
+    if value is None or value == "auto":
+        return value  # type: ignore[return-value]
+    if value.isdigit() and 1 <= int(value) <= MAX_FUSE:
+        return int(value)
+    raise fail(f"--fuse: expected auto or 1..{MAX_FUSE}, got {value!r}")
 
 
 def read_spec_file(path: Path) -> StudySpec:
@@ -50,6 +68,7 @@ def worker(
         float | None, typer.Option(min=0, help="Exit after this many idle seconds")
     ] = None,
     poll: Annotated[float, typer.Option(min=0.05, help="Seconds between claim attempts")] = 2.0,
+    fuse: FuseOpt = None,
 ) -> None:
     """Run trials of studies with budget left until stopped (SIGTERM stops cleanly)."""
     from search.worker import WorkerOptions, run_workers, slot_devices
@@ -65,6 +84,7 @@ def worker(
         poll_s=poll,
         heartbeat_interval_s=settings.heartbeat_interval_s,
         grace_period_s=settings.grace_period_s,
+        fuse=parse_fuse(fuse),
     )
     try:
         devices = slot_devices(device, gpus, trials_per_device)
@@ -79,6 +99,7 @@ def run(
     workers: Annotated[int, typer.Option(min=1, help="Local worker processes")] = 1,
     storage: StorageOpt = None,
     device: DeviceOpt = "auto",
+    fuse: FuseOpt = None,
 ) -> None:
     """Run a whole study locally (no HTTP service), print its BN findings and the best config."""
     from rich.console import Console
@@ -100,7 +121,9 @@ def run(
             detail = f"{p.status.value} running {p.counts.running} failed {p.counts.fail}{best}"
             bar.update(task, completed=p.counts.finished, detail=detail)
 
-        final = run_study(url, spec, n_workers=workers, device=device, on_progress=show)
+        final = run_study(
+            url, spec, n_workers=workers, device=device, on_progress=show, fuse=parse_fuse(fuse)
+        )
     console.print(f"study {spec.name!r} {final.status.value}: {final.counts.as_dict()}")
     client = DatabaseClient(url)
     print_report(client.report(spec.name), console)

@@ -21,7 +21,7 @@ MAX_BODY_BYTES = 20_000
 
 
 def tiny_spec(name: str, n_trials: int = 2, **overrides: Any) -> dict[str, Any]:
-    """A study whose trials take a fraction of a second on a CPU."""
+    """A study whose trials take a fraction of a second on a CPU, one trial per model."""
     return {
         "name": name,
         "dataset": {"name": "synthetic", "params": {"n_samples": 200}},
@@ -30,6 +30,7 @@ def tiny_spec(name: str, n_trials: int = 2, **overrides: Any) -> dict[str, Any]:
         "training": {"epochs": 1},
         "sampler": {"name": "random", "seed": 0},
         "budget": {"n_trials": n_trials},
+        "execution": {"fuse": 1},
         **overrides,
     }
 
