@@ -288,31 +288,57 @@ def claim_slot(
                 reason = f"stored spec is no longer valid: {first_line(exc)}"
                 _set_status(conn, study_id, StudyStatus.FAILED, reason)
                 continue
-            _release_stale_slots(conn, study_id, grace_period_s)
-            active = _active_slots(conn, study_id)
-            if not _settle(conn, row, spec, active).takes_trials:
+            if _capacity(conn, row, spec, grace_period_s) < 1:
                 continue
-            finished = trial_counts(conn, row.optuna_study_id).finished
-            max_parallel = spec.budget.max_parallel or spec.budget.n_trials
-            if (
-                active >= max_parallel
-                or finished + active >= spec.budget.n_trials
-                or _timed_out(conn, row, spec)
-            ):
-                continue
-            slot_id = conn.execute(
-                sa.insert(SlotRow)
-                .values(study_id=study_id, worker_id=worker_id, state=SlotState.ACTIVE.value)
-                .returning(SlotRow.id)
-            ).scalar_one()
-            if row.status == StudyStatus.QUEUED.value:
-                conn.execute(
-                    sa.update(StudyRow)
-                    .where(StudyRow.id == study_id)
-                    .values(status=StudyStatus.RUNNING.value, started_at=sa.func.now())
-                )
+            (slot_id,) = _insert_slots(conn, row, worker_id, 1)
             return Claim(slot_id, study_id, row.name, spec)
     return None
+
+
+def claim_more_slots(
+    engine: Engine, worker_id: str, claim: Claim, count: int, grace_period_s: float
+) -> list[int]:
+    """Up to ``count`` more slots of ``claim``'s study for the members of a fused group, taken
+    under the same lock as any claim: the group never overshoots ``n_trials``, ``max_parallel``
+    or the timeout. Returns the new slots' ids (possibly none)."""
+    if count < 1:
+        return []
+    with locked_transaction(engine) as conn:
+        row = _lock_study(conn, claim.study_id)
+        if row is None or not StudyStatus(row.status).takes_trials:
+            return []
+        granted = min(count, _capacity(conn, row, claim.spec, grace_period_s))
+        return _insert_slots(conn, row, worker_id, granted) if granted > 0 else []
+
+
+def _capacity(conn: Connection, row: Any, spec: StudySpec, grace_period_s: float) -> int:
+    """How many more slots the locked study can grant now (0 once it is settled or timed out)."""
+    _release_stale_slots(conn, row.id, grace_period_s)
+    active = _active_slots(conn, row.id)
+    if not _settle(conn, row, spec, active).takes_trials or _timed_out(conn, row, spec):
+        return 0
+    finished = trial_counts(conn, row.optuna_study_id).finished
+    max_parallel = spec.budget.max_parallel or spec.budget.n_trials
+    return max(0, min(max_parallel - active, spec.budget.n_trials - finished - active))
+
+
+def _insert_slots(conn: Connection, row: Any, worker_id: str, count: int) -> list[int]:
+    """``count`` active slots of the locked study for ``worker_id``; a queued study starts."""
+    slot_ids = [
+        conn.execute(
+            sa.insert(SlotRow)
+            .values(study_id=row.id, worker_id=worker_id, state=SlotState.ACTIVE.value)
+            .returning(SlotRow.id)
+        ).scalar_one()
+        for _ in range(count)
+    ]
+    if row.status == StudyStatus.QUEUED.value:
+        conn.execute(
+            sa.update(StudyRow)
+            .where(StudyRow.id == row.id)
+            .values(status=StudyStatus.RUNNING.value, started_at=sa.func.now())
+        )
+    return slot_ids
 
 
 def active_study_ids(
