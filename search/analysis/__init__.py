@@ -28,8 +28,11 @@ contains at most one and is at most 0.5 wide, ``moderate`` when it contains at m
 wider. Strength never depends on trial counts except through the interval.
 """
 
-from search.analysis._analyze import OBSERVATIONAL, analyze_study
-from search.analysis._html import render_html
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# The report's models load light (pydantic only): the CLI and the API client parse reports
+# without importing numpy or Optuna. The analysis itself loads on first use.
 from search.analysis._models import (
     AnalysisOptions,
     Finding,
@@ -40,7 +43,34 @@ from search.analysis._models import (
     Thresholds,
     TrialCounts,
 )
-from search.analysis._records import Point, StudyData, TrialRecord, infer_val_size, read_study
+
+if TYPE_CHECKING:
+    from search.analysis._analyze import OBSERVATIONAL, analyze_study
+    from search.analysis._html import render_html
+    from search.analysis._records import (
+        Point,
+        StudyData,
+        TrialRecord,
+        infer_val_size,
+        read_study,
+    )
+
+_LAZY = {
+    "OBSERVATIONAL": "_analyze",
+    "analyze_study": "_analyze",
+    "render_html": "_html",
+    "Point": "_records",
+    "StudyData": "_records",
+    "TrialRecord": "_records",
+    "infer_val_size": "_records",
+    "read_study": "_records",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"search.analysis.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'search.analysis' has no attribute {name!r}")
 
 __all__ = [
     "OBSERVATIONAL",

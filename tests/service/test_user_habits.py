@@ -118,3 +118,31 @@ def test_every_finished_trial_is_one_log_line(server, spec, worker, caplog):
     finished = [line for line in lines if line.startswith("study 'logged' trial ")]
     assert len(finished) == 2
     assert all("COMPLETE value" in line and "learning_rate" in line for line in finished)
+
+
+HEAVY = ("torch", "scipy", "optuna", "sqlalchemy", "numpy", "matplotlib", "pandas")
+PROBE = """
+import json, sys
+from service.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+print(json.dumps(sorted(m for m in {heavy!r} if m in sys.modules)))
+"""
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["status", "habits"], ["best", "habits"]])
+def test_api_commands_start_without_torch_optuna_or_sqlalchemy(server, finished, argv):
+    """`bnsweep --help` and the API commands import only what talking HTTP needs (measured
+    start-up: README, "CLI"); a fresh process, so nothing this test process imported counts."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, BNSWEEP_API_URL=server.url)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE.format(heavy=HEAVY), *argv],
+        env=env, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
