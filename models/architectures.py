@@ -81,7 +81,6 @@ def build_mlp(
     dropout: float = 0.0,
 ) -> nn.Module:
     """MLP: ``depth`` x [linear, BN, ReLU] in placement order, then dropout and a linear head."""
-    norm.check_placement(POST_PLACEMENTS, "mlp")
     layers: list[nn.Module] = [nn.Flatten()]
     features = math.prod(input_shape)
     for _ in range(depth):
@@ -122,7 +121,6 @@ def build_cnn1d(
     dropout: float = 0.0,
 ) -> nn.Module:
     """1-D CNN after the MNIST-1D paper: conv(k=5) blocks, stride 2 while the length allows."""
-    norm.check_placement(POST_PLACEMENTS, "cnn1d")
     shape = _channels_first(input_shape, 1, "cnn1d")
     in_ch, length = shape
     layers: list[nn.Module] = [Reshape(shape)]
@@ -176,7 +174,6 @@ def build_cnn2d(
     dropout: float = 0.0,
 ) -> nn.Module:
     """VGG-style CNN; adaptive average pooling makes it work for any image size."""
-    norm.check_placement(POST_PLACEMENTS, "cnn2d")
     shape = _channels_first(input_shape, 2, "cnn2d")
     in_ch, height, width = shape
     layers: list[nn.Module] = [Reshape(shape)]
@@ -260,7 +257,8 @@ class BasicBlock(nn.Module):
             out = self.branch(x)
         else:
             out = self.branch(x)
-        return self.out_act(out + self.shortcut(x))
+        result: torch.Tensor = self.out_act(out + self.shortcut(x))
+        return result
 
 
 class ResNet(nn.Module):
@@ -297,7 +295,8 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(self.reshape(x))
-        return self.head(self.final(self.blocks(x)))
+        logits: torch.Tensor = self.head(self.final(self.blocks(x)))
+        return logits
 
 
 @MODELS.register(
@@ -320,5 +319,4 @@ def build_resnet(
     width: int = 16,
 ) -> nn.Module:
     """ResNet with ``3 * depth`` basic blocks (depth=3 is ResNet-20)."""
-    norm.check_placement(ALL_PLACEMENTS, "resnet")
     return ResNet(input_shape, num_classes, norm, depth, width)

@@ -16,7 +16,6 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from models.config import Init, Placement, TrainConfig
-from models.errors import ConfigError
 
 LINEAR_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d)
 ACTIVATION_TYPES = (nn.ReLU,)
@@ -45,15 +44,6 @@ class NormSpec:
             ghost_batch_size=config.ghost_batch_size,
         )
 
-    def check_placement(self, allowed: Iterable[Placement | str], model: str) -> None:
-        """Raise ConfigError (field ``bn_placement``) unless the placement is in ``allowed``."""
-        placements = [Placement(p) for p in allowed]
-        if self.placement not in placements:
-            raise ConfigError(
-                "bn_placement",
-                f"{self.placement.value!r} is not supported by model {model!r}; "
-                f"supported: {', '.join(p.value for p in placements)}",
-            )
 
 
 # --- ghost batch normalization ------------------------------------------------------------------

@@ -149,12 +149,12 @@ class _Watcher:
         self.reports = not spec.is_multi_objective and spec.objective.metric in PER_EPOCH_METRICS
         # By epoch: after a fused group's out-of-memory retry, epochs may be seen again.
         self.history: dict[int, EpochMetrics] = {}
-        self.stopped_by: str | None = None
+        self.stopped_by: TrialStatus | None = None  # why a callback stopped the run
 
     def on_epoch(self, metrics: EpochMetrics) -> bool:
         self.history[metrics.epoch] = metrics
         if self.should_cancel():
-            self.stopped_by = "cancel"
+            self.stopped_by = TrialStatus.CANCELLED
             return True
         if not self.reports:
             return False
@@ -164,12 +164,12 @@ class _Watcher:
             if math.isfinite(value):
                 self.trial.report(value, metrics.epoch)
                 if self.trial.should_prune():
-                    self.stopped_by = "pruner"
+                    self.stopped_by = TrialStatus.PRUNED
                     return True
         except optuna.exceptions.UpdateFinishedTrialError:
             # Failed as stale by another worker (our heartbeats were late): its retry is queued;
             # stop training it, and leave the other members of a fused group alone.
-            self.stopped_by = "stale"
+            self.stopped_by = TrialStatus.STALE
             return True
         except (optuna.exceptions.StorageInternalError, SQLAlchemyError):
             pass  # a database blip skips one pruning decision; training goes on
@@ -186,10 +186,10 @@ class _Watcher:
             case TrainStatus.DIVERGED:
                 values = [diverged_value(t.metric, result) for t in targets]
                 return TrialOutcome(TrialState.COMPLETE, values, attrs)
-            case TrainStatus.PRUNED if self.stopped_by == "cancel":
+            case TrainStatus.PRUNED if self.stopped_by is TrialStatus.CANCELLED:
                 attrs |= {"status": TrialStatus.CANCELLED.value, "reason": CANCELLED_REASON}
                 return TrialOutcome(TrialState.FAIL, None, attrs)
-            case TrainStatus.PRUNED if self.stopped_by == "stale":
+            case TrainStatus.PRUNED if self.stopped_by is TrialStatus.STALE:
                 attrs |= {"status": TrialStatus.STALE.value, "reason": STALE_REASON}
                 return TrialOutcome(TrialState.FAIL, None, attrs)
             case TrainStatus.PRUNED:

@@ -95,7 +95,8 @@ def best_trials(study: optuna.Study) -> list[FrozenTrial]:
     Diverged trials are COMPLETE with a penalty value worse than any trained run: they are best
     only when nothing trained, and their ``status`` attr says so.
     """
-    if not any(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False)):
+    complete = TrialStateName.COMPLETE
+    if not any(TrialStateName(t.state.name) is complete for t in study.get_trials(deepcopy=False)):
         return []
     if len(study.directions) == 1:
         return [study.best_trial]

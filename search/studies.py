@@ -28,7 +28,7 @@ from search.errors import StudyNotFoundError, StudyStateError
 from search.optuna_map import distributions, make_pruner, make_sampler
 from search.retry import STUDY_ATTR
 from search.spec import StudySpec
-from search.states import SlotState, StudyStatus, TrialCounts
+from search.states import SlotState, StudyStatus, TrialCounts, TrialStatus
 from search.storage import (
     TRIAL_HEARTBEATS,
     TRIALS,
@@ -121,7 +121,7 @@ def _warm_start_points(
         source.optuna_study_id, deepcopy=False, states=(TrialState.COMPLETE,)
     )
     ranked = sorted(
-        (t for t in complete if t.values and t.user_attrs.get("status") == "ok"),
+        (t for t in complete if t.values and t.user_attrs.get("status") == TrialStatus.OK),
         key=lambda t: -sign * t.values[0],
     )
     dists = distributions(spec)

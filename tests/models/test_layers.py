@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from models.config import Init, Placement
+from models.config import Init, Placement, TrainConfig
 from models.errors import ConfigError
 from models.layers import (
     ACTIVATION_TYPES,
@@ -18,6 +18,7 @@ from models.layers import (
     init_weights,
 )
 from models.registry import MODELS
+from models.validate import check_config
 
 # (model, input shape, params): small enough to build and run in milliseconds.
 MODEL_CASES = [
@@ -104,10 +105,10 @@ def test_bn_momentum_eps_and_ghost_size_reach_every_bn_layer(
 
 @pytest.mark.parametrize("name", ["mlp", "cnn1d", "cnn2d"])
 def test_pre_activation_is_rejected_by_models_other_than_resnet(name: str) -> None:
+    # One check, from the registry's placements tag, before anything is built.
     assert "pre_activation" not in MODELS.get(name).tags["placements"]
-    shape = (1, 8, 8) if name == "cnn2d" else (40,)
     with pytest.raises(ConfigError) as err:
-        build(name, shape, {}, NormSpec(placement=Placement.PRE_ACTIVATION))
+        check_config(TrainConfig(model=name, bn_placement="pre_activation"))
     assert err.value.field == "bn_placement"
 
 
