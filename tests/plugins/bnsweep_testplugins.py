@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.data import Dataset
+from models.data import Dataset, train_size
 from models.layers import NormSpec
 from models.registry import DATASETS, MODELS, Param
 
@@ -96,14 +96,16 @@ def fused_oom_mlp(
 # --- a dataset that counts how often it is built ------------------------------------------------
 
 BUILDS = {"counted_synthetic": 0}
+COUNTED_PARAMS = {"n_samples": 400, "shape": [8]}
 
 
 @DATASETS.register(
     "counted_synthetic",
     description="the synthetic dataset, counting its builds (tests)",
+    train_size=lambda _: train_size("synthetic", COUNTED_PARAMS),
 )
 def counted_synthetic(data_dir: Path) -> Dataset:
     BUILDS["counted_synthetic"] += 1
     synthetic = DATASETS.get("synthetic")
-    params = synthetic.resolve_params({"n_samples": 400, "shape": [8]}, "dataset.params")
+    params = synthetic.resolve_params(COUNTED_PARAMS, "dataset.params")
     return synthetic.builder(data_dir, **params)
