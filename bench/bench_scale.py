@@ -161,6 +161,9 @@ def warm_up(base: str, n: int, timeout_s: float) -> dict[str, float]:
                 response = http.get(path)
                 if response.status_code == 200 and not response.json()["stale"]:
                     break
+                if response.status_code == 500:  # the analysis failed (recorded): no waiting
+                    print(f"  {path}: {response.text[:300]}", file=sys.stderr)
+                    break
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{path} not computed in {timeout_s:.0f} s")
                 time.sleep(2)
@@ -185,8 +188,17 @@ def quantiles(latencies_s: list[float]) -> tuple[float, float]:
     return statistics.median(ms), ms[min(len(ms) - 1, round(0.99 * (len(ms) - 1)))]
 
 
-def single_client(base: str, path: str, requests: int) -> tuple[float, float, int]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def single_client(base: str, path: str, requests: int, pid: int) -> tuple[float, float, int, float]:
+    """p50 and p99 ms, the body's size, and the API process's CPU ms per request: a figure that
+    a machine shared with other work disturbs much less than latencies."""
     latencies, size = [], 0
+    cpu = cpu_seconds(pid)
     with httpx.Client(base_url=base, timeout=60) as http:
         for _ in range(requests):
             started = time.perf_counter()
@@ -194,7 +206,8 @@ def single_client(base: str, path: str, requests: int) -> tuple[float, float, in
             latencies.append(time.perf_counter() - started)
             assert response.status_code == 200, response.text[:200]
             size = len(response.content)
-    return (*quantiles(latencies), size)
+    cpu_ms = (cpu_seconds(pid) - cpu) * 1000 / requests
+    return (*quantiles(latencies), size, cpu_ms)
 
 
 async def _open_loop(base: str, path: str, rate: float, seconds: float) -> tuple[list[float], int]:
@@ -298,6 +311,7 @@ class Row:
     single_p50: float
     single_p99: float
     size: int
+    cpu_ms: float
     load_p50: float | None = None
     load_p99: float | None = None
     achieved: float | None = None
@@ -320,6 +334,7 @@ def main() -> None:
 
     rows: list[Row] = []
     notes: list[str] = []
+    before_load = os.getloadavg()
     for backend in args.backends:
         for n in args.sizes:
             url, built_s = prepare(backend, n, args.rebuild)
@@ -334,7 +349,11 @@ def main() -> None:
                 )
                 for name, path in ENDPOINTS.items():
                     full = f"{base}/api/v1/studies/1{path.format(last=n - 50)}"
-                    row = Row(backend, n, name, *single_client(base, full, args.requests))
+                    status = httpx.get(full, timeout=60).status_code
+                    if status != 200:
+                        notes.append(f"{backend} N={n}: {name} answers {status}; not measured")
+                        continue
+                    row = Row(backend, n, name, *single_client(base, full, args.requests, proc.pid))
                     if name in UNDER_LOAD:
                         row.load_p50, row.load_p99, row.achieved = under_load(
                             base, full, args.rate, args.seconds
@@ -352,17 +371,21 @@ def main() -> None:
                     print(notes[-1], file=sys.stderr, flush=True)
 
     print(f"\nMachine: {platform.node()}, {os.cpu_count()} CPUs, {platform.processor() or ''}")
-    print("\n| backend | N | endpoint | body | p50 ms | p99 ms | p50 ms @ rate | p99 ms @ rate |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"\nLoad average before/after: {before_load} / {os.getloadavg()}")
+    print(
+        "\n| backend | N | endpoint | body | p50 ms | p99 ms | API CPU ms/request "
+        f"| p50 ms @ {args.rate:.0f}/s | p99 ms @ {args.rate:.0f}/s | achieved/s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         load = (
-            f"{r.load_p50:.1f} | {r.load_p99:.1f}"
-            if r.load_p50 is not None and r.load_p99 is not None
-            else "– | –"
+            f"{r.load_p50:.0f} | {r.load_p99:.0f} | {r.achieved:.0f}"
+            if r.load_p50 is not None and r.load_p99 is not None and r.achieved is not None
+            else "– | – | –"
         )
         print(
             f"| {r.backend} | {r.n:,} | {r.endpoint} | {r.size / 1000:.1f} kB "
-            f"| {r.single_p50:.1f} | {r.single_p99:.1f} | {load} |"
+            f"| {r.single_p50:.1f} | {r.single_p99:.1f} | {r.cpu_ms:.1f} | {load} |"
         )
     print()
     for note in notes:

@@ -350,10 +350,23 @@ def _frozen_trials(
 ) -> list[FrozenTrial]:
     """The trials matching ``where`` (on ``trials``), whose ids ``ids`` (a list, or a subquery)
     selects in the other tables."""
-    t = TRIALS.c
-    trials_query = sa.select(
-        t.trial_id, t.number, t.state, t.datetime_start, t.datetime_complete
-    ).where(where)
+    t, v = TRIALS.c, TRIAL_VALUES.c
+    # Values ride along with their trial (one row per objective): one round trip fewer.
+    trials_query = (
+        sa.select(
+            t.trial_id,
+            t.number,
+            t.state,
+            t.datetime_start,
+            t.datetime_complete,
+            v.objective,
+            v.value,
+            v.value_type,
+        )
+        .select_from(TRIALS.outerjoin(TRIAL_VALUES, v.trial_id == t.trial_id))
+        .where(where)
+        .order_by(t.trial_id, v.objective)
+    )
 
     def rows(table: sa.Table, *columns: str, where: Any = None) -> Any:
         query = sa.select(table.c.trial_id, *(table.c[c] for c in columns)).where(
@@ -372,11 +385,6 @@ def _frozen_trials(
         dist = _distribution(dist_json)
         params.setdefault(trial_id, {})[name] = dist.to_external_repr(value)
         dists.setdefault(trial_id, {})[name] = dist
-    values: dict[int, dict[int, float]] = {}
-    for trial_id, objective, value, value_type in rows(
-        TRIAL_VALUES, "objective", "value", "value_type"
-    ):
-        values.setdefault(trial_id, {})[objective] = stored_value(value, value_type)
     attrs: dict[int, dict[str, Any]] = {}
     if user_attrs:
         keys = None if user_attrs is True else TRIAL_USER_ATTRS.c.key.in_(list(user_attrs))
@@ -393,15 +401,20 @@ def _frozen_trials(
             TRIAL_INTERMEDIATE_VALUES, "step", "intermediate_value", "intermediate_value_type"
         ):
             steps.setdefault(trial_id, {})[step] = to_value(value, value_type)
-    out = []
-    for row in conn.execute(trials_query.order_by(t.trial_id)).all():
-        by_objective = values.get(row.trial_id)
+    out: list[FrozenTrial] = []
+    for row in conn.execute(trials_query).all():
+        if out and out[-1]._trial_id == row.trial_id:  # its next objective
+            assert out[-1].values is not None
+            out[-1].values = [*out[-1].values, stored_value(row.value, row.value_type)]
+            continue
         out.append(
             FrozenTrial(
                 number=row.number,
                 state=row.state if isinstance(row.state, TrialState) else TrialState[row.state],
                 value=None,
-                values=[by_objective[k] for k in sorted(by_objective)] if by_objective else None,
+                values=None
+                if row.value_type is None
+                else [stored_value(row.value, row.value_type)],
                 datetime_start=_local_naive(row.datetime_start),
                 datetime_complete=_local_naive(row.datetime_complete),
                 params=params.get(row.trial_id, {}),

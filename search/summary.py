@@ -25,6 +25,7 @@ them in the other order.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -83,14 +84,20 @@ def _tally_of(row: Any) -> Tally:
 # --- reading ------------------------------------------------------------------------------------
 
 
-def refresh(engine: Engine, optuna_study_id: int) -> Tally:
-    """The study's tally, synced first if Optuna's tables moved on (two small queries if not)."""
-    with read_only(engine).connect() as conn:
-        row = conn.execute(_TALLY_QUERY, {"oid": optuna_study_id}).first()
-        if row is not None and not _behind(conn, optuna_study_id, row.synced_trial_id):
+def refresh(engine: Engine, optuna_study_id: int, conn: Connection | None = None) -> Tally:
+    """The study's tally, synced first if Optuna's tables moved on (two small queries if not).
+
+    ``conn``: a connection for the check, which the caller goes on reading with (one pool
+    checkout per request); after a sync its transaction, if any, is ended, so that its next
+    statement sees the sync."""
+    with contextlib.nullcontext(conn) if conn else read_only(engine).connect() as reader:
+        row = reader.execute(_TALLY_QUERY, {"oid": optuna_study_id}).first()
+        if row is not None and not _behind(reader, optuna_study_id, row.synced_trial_id):
             return _tally_of(row)
-    with locked_transaction(engine) as conn:
-        return sync(conn, optuna_study_id)
+        if reader.in_transaction():
+            reader.rollback()
+    with locked_transaction(engine) as writer:
+        return sync(writer, optuna_study_id)
 
 
 def page_trial_ids(

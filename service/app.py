@@ -92,10 +92,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        # Sync routes run on this thread pool: as many threads as each of the two connection
-        # pools may open (pool_size + as many overflow), so a request that got a thread never
-        # queues for a connection, and a slow request holds one thread, not the others.
-        to_thread.current_default_thread_limiter().total_tokens = 2 * settings.db_pool_size
+        # Sync routes run on this thread pool, sized to the connection pool: a read holds at
+        # most two connections (its reader, and a writer while it syncs a study's summary) and
+        # the pool opens 2 × db_pool_size, so a request that got a thread never waits for a
+        # connection, and a slow request holds one thread, not the others.
+        to_thread.current_default_thread_limiter().total_tokens = settings.db_pool_size
         reaper = Reaper(settings, storage)
         reaper.start()
         analyses.start()

@@ -53,8 +53,8 @@ def trial_page(
 ) -> Page[TrialSummary]:
     """A page of a study's trials; sorting by value puts trials without one last (ties and
     valueless trials by number)."""
-    tally = refresh(engine, row.optuna_study_id)
     with read_only(engine).connect() as conn:
+        tally = refresh(engine, row.optuna_study_id, conn)
         ids = page_trial_ids(
             conn,
             row.optuna_study_id,
@@ -72,15 +72,16 @@ def trial_page(
 def best(engine: Engine, row: StudyRow) -> BestResult:
     """The best trial (or Pareto front) with a config ready to train; NotFoundError if none."""
     spec = spec_of(row)
-    tally = refresh(engine, row.optuna_study_id)
     with read_only(engine).connect() as conn:
+        tally = refresh(engine, row.optuna_study_id, conn)
         if spec.is_multi_objective:
-            front = trials_by_id(conn, front_trial_ids(conn, row.optuna_study_id)).values()
+            ids = front_trial_ids(conn, row.optuna_study_id)
+            front = trials_by_id(conn, ids, details=False).values()
             sign = 1 if spec.directions[0] == "maximize" else -1
             trials = sorted(front, key=lambda t: (-sign * t.values[0], t.number))
         else:
             ids = [] if tally.best_trial_id is None else [tally.best_trial_id]
-            trials = list(trials_by_id(conn, ids).values())
+            trials = list(trials_by_id(conn, ids, details=False).values())
     result = best_result(spec, trials)
     if result is None:
         raise NotFoundError(f"study {row.name!r} has no complete trial yet")

@@ -9,20 +9,21 @@ background, and served from storage: their responses say for how many trials, an
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import event
 
 import migrations
 from search.storage import get_engine, get_storage
+from search.studies import spec_of
+from service.analyses import AnalysisCache
+from service.queries import importance
 from service.settings import Settings
 from tests.bulk import add_finished_trials, build_study, study_row
+from tests.dbmeter import Meter
 from tests.support import start_server
 
 SMALL, BIG = 200, 2_000
@@ -35,58 +36,8 @@ READS = [
     "/trials?state=complete&order=desc&limit=50",
     "/best",
     "/importance",
-    "/report",
-    "/report.html",
+    "/report",  # report.html renders the same stored report: no other database work
 ]
-VM_STEP = 100  # SQLite calls the progress handler every this many virtual-machine instructions
-
-
-@dataclass
-class Usage:
-    statements: int = 0
-    rows: int = 0  # returned to the client (PostgreSQL's cursor rowcount)
-    vm_steps: int = 0  # work inside SQLite
-
-
-class Meter:
-    """Database use of the request threads: background threads (``bnsweep-*``: reaper, analyses)
-    are not counted."""
-
-    def __init__(self, engines: list[Any]) -> None:
-        self.usage = Usage()
-        self.lock = threading.Lock()
-        for engine in engines:
-            event.listen(engine, "after_cursor_execute", self._statement)
-            event.listen(engine, "checkout", self._checkout)
-            if engine.dialect.name == "sqlite":  # connections opened before the listener
-                engine.dispose()
-
-    def _counted(self) -> bool:
-        return not threading.current_thread().name.startswith("bnsweep-")
-
-    def _statement(self, conn: Any, cursor: Any, *_: Any) -> None:
-        if self._counted():
-            with self.lock:
-                self.usage.statements += 1
-                self.usage.rows += max(0, cursor.rowcount)
-
-    def _checkout(self, dbapi_conn: Any, *_: Any) -> None:
-        if hasattr(dbapi_conn, "set_progress_handler"):  # sqlite3
-
-            def step() -> int:
-                if self._counted():
-                    with self.lock:
-                        self.usage.vm_steps += VM_STEP
-                return 0
-
-            dbapi_conn.set_progress_handler(step, VM_STEP)
-
-    def measure(self, http: httpx.Client, path: str) -> tuple[httpx.Response, Usage]:
-        with self.lock:
-            self.usage = Usage()
-        response = http.get(path)
-        with self.lock:
-            return response, self.usage
 
 
 @dataclass
@@ -114,22 +65,29 @@ def scale(db_url: str) -> Iterator[Scale]:
     with httpx.Client(base_url=f"{base}/api/v1/studies", timeout=120) as http:
         for study_id in studies.values():  # first reads: summaries built, analyses computed
             for read in READS:
-                assert http.get(f"/{study_id}{read}").status_code == 200, read
+                _until_answered(http, f"/{study_id}{read}")
         yield Scale(db_url, http, meter, studies)
     uv.should_exit = True
     thread.join(timeout=10)
+
+
+def _until_answered(http: httpx.Client, path: str, timeout_s: float = 600) -> None:
+    """GET until 200: a report not computed within the wait bound (a loaded machine) is 503."""
+    deadline = time.monotonic() + timeout_s
+    while (response := http.get(path)).status_code == 503 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert response.status_code == 200, (path, response.text)
 
 
 @pytest.mark.parametrize("read", READS)
 def test_read_costs_the_same_at_2000_trials_as_at_200(scale, read):
     used = {}
     for n, study_id in scale.studies.items():
-        response, used[n] = scale.meter.measure(scale.http, f"/{study_id}{read}")
+        scale.meter.reset()
+        response = scale.http.get(f"/{study_id}{read}")
+        used[n] = scale.meter.take()
         assert response.status_code == 200, response.text
-    small, big = used[SMALL], used[BIG]
-    assert big.statements == small.statements, (small, big)
-    assert big.rows <= 1.2 * small.rows + 20, (small, big)
-    assert big.vm_steps <= 1.5 * small.vm_steps + 5_000, (small, big)
+    assert used[BIG].within(used[SMALL]), used
 
 
 def test_a_page_returns_its_trials_only(scale):
@@ -151,8 +109,6 @@ def test_analyses_say_how_current_they_are_and_catch_up(scale):
     assert before["stale"] is False and before["trials_counted"] == finished
     assert before["trials_finished"] == before["trials_counted"] and before["computed_at"]
     row = study_row(scale.url, study_id)
-    from search.studies import spec_of
-
     add_finished_trials(scale.url, row.optuna_study_id, spec_of(row), 20, seed=99)
     # A small study's analysis is computed within the wait bound: the answer is already fresh.
     after = scale.http.get(f"/{study_id}/importance").json()
@@ -163,15 +119,10 @@ def test_analyses_say_how_current_they_are_and_catch_up(scale):
 
 
 def test_an_analysis_slower_than_the_bound_is_served_stale_then_caught_up(db_url, scale):
-    from service.analyses import AnalysisCache
-    from service.queries import importance
-
     row = study_row(scale.url, scale.studies[SMALL])
     cache = AnalysisCache(scale.url, get_engine(scale.url), wait_s=0.0)  # waits for nothing
     cache.start()
     try:
-        from search.studies import spec_of
-
         first = importance(cache, row)
         add_finished_trials(scale.url, row.optuna_study_id, spec_of(row), 10, seed=7)
         stale = importance(cache, row)
