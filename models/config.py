@@ -19,6 +19,10 @@ Conventions (stated once, here):
   batch).
 - ``precise_bn_batches``: before each evaluation, recompute running statistics as a true average
   over this many training batches (0 = off).
+- ``bn_momentum_probe``: momenta whose running statistics are kept beside the real ones during
+  training (from the same batch statistics) and evaluated on the test set at the end: training
+  normalizes with batch statistics, so the weights do not depend on ``bn_momentum``; only the
+  running statistics do, and one run gives them for every probed momentum.
 - Durations are seconds (``*_s``).
 """
 
@@ -33,7 +37,14 @@ from types import MappingProxyType, NoneType, UnionType
 from typing import Annotated, Any, Union, get_args, get_origin, get_type_hints
 
 import annotated_types
-from pydantic import Field, Strict, TypeAdapter, ValidationError
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    Strict,
+    TypeAdapter,
+    ValidationError,
+)
 
 from models.errors import ConfigError, config_error
 
@@ -114,6 +125,19 @@ def _frozen(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 Params = Mapping[str, Any]
+MAX_PROBED_MOMENTA = 32
+
+
+def _momenta_from_text(value: Any) -> Any:
+    """``bn_momentum_probe`` also from text, as a command-line flag gives it: ``0.01,0.1``."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def _canonical_momenta(momenta: tuple[float, ...]) -> tuple[float, ...]:
+    """Sorted, without repeats: the same probe however it is written (one fusion key)."""
+    return tuple(sorted(set(momenta)))
 
 
 @dataclass(frozen=True)
@@ -241,6 +265,18 @@ class TrainConfig:
             per_member=True,
         ),
     ] = 0
+    bn_momentum_probe: Annotated[
+        tuple[Annotated[float, Field(gt=0, le=1)], ...],
+        Field(max_length=MAX_PROBED_MOMENTA),
+        BeforeValidator(_momenta_from_text),
+        AfterValidator(_canonical_momenta),
+        Setting(
+            "also measure test accuracy with the running statistics each of these bn_momentum "
+            "values would have given (same run, same weights; empty = off)",
+            Home.TRAINING,
+            unit="PyTorch convention",
+        ),
+    ] = ()
     # --- initialization and reproducibility
     init: Annotated[Init, Setting("weight initialization", Home.SEARCH, per_member=True)] = (
         Init.KAIMING
@@ -454,6 +490,9 @@ class TrainResult:
     test_loss: float | None = None
     num_classes: int = 0
     reason: str = ""  # human-readable cause for non-ok statuses
+    # With ``bn_momentum_probe``: (momentum, test accuracy with the running statistics that
+    # momentum would have given) per probed momentum, ascending; empty without a probe or BN.
+    test_accuracy_by_bn_momentum: tuple[tuple[float, float], ...] = ()
 
     @property
     def epochs_run(self) -> int:
@@ -475,4 +514,5 @@ class TrainResult:
             "test_loss": self.test_loss,
             "num_classes": self.num_classes,
             "reason": self.reason,
+            "test_accuracy_by_bn_momentum": [list(p) for p in self.test_accuracy_by_bn_momentum],
         }

@@ -5,7 +5,8 @@ overhead; training K trials as one model of K side-by-side members (``models.fus
 ``models.fused_optim``, after HFTA, MLSys'21) amortizes both. Fusion is an optimisation, never a
 different result: each member trains as ``train(member_config)`` would, with its own
 initialization, batch order, learning rate, momentum, weight decay, BN momentum, running
-statistics and precise BN, and reports its own per-epoch metrics, test metrics and status.
+statistics (and probed ones, ``bn_momentum_probe``) and precise BN, and reports its own per-epoch
+metrics, test metrics and status.
 
 Which configurations fuse: ``fusion_key``. Shared settings (``SHARED_FIELDS``) shape the model, the
 data order of the group or the schedule; the others (``MEMBER_FIELDS``) may differ per member.
@@ -48,7 +49,7 @@ from models.device import resolve_device
 from models.estimate import memory_refusal
 from models.fused_layers import fuse_models, keep_members
 from models.fused_optim import fused_optimizer
-from models.layers import bn_layers, recompute_bn_stats
+from models.layers import attach_momentum_probe, bn_layers, keep_probe_members, recompute_bn_stats
 from models.registry import DATASETS
 from models.train import (
     EpochCallback,
@@ -63,6 +64,7 @@ from models.train import (
     lr_factor,
     member_logits,
     prepare_for,
+    probe_accuracies,
     pruned_reason,
     release_memory,
     train,
@@ -88,6 +90,7 @@ SHARED_FIELDS: tuple[str, ...] = (
     "bn_eps",
     "bf16",
     "device",
+    "bn_momentum_probe",  # one probe per group: its statistics ride along every member's
 )
 MEMBER_FIELDS: tuple[str, ...] = (
     "learning_rate",
@@ -226,6 +229,8 @@ class FusedGroup:
         self.members = len(models)
         self.channels_last = uses_channels_last(device, models[0])
         self.model = fuse_models(models).to(device)
+        if configs[0].bn_momentum_probe:
+            attach_momentum_probe(self.model, configs[0].bn_momentum_probe)
         self.optimizer = fused_optimizer(configs, self.model.parameters())
         self.autocast = autocast_for(device, configs[0].bf16)
         self._to_memory_format = prepare_for(self.channels_last)
@@ -254,6 +259,7 @@ class FusedGroup:
 
     def keep(self, positions: list[int]) -> None:
         """Keep only the members at ``positions``: the others leave without a trace."""
+        keep_probe_members(self.model, positions, self.members)
         keep_members(self.model, positions)
         self.optimizer.keep_members(positions)
         self.members = len(positions)
@@ -339,13 +345,17 @@ class _FusedRun:
         finals = final_metrics(
             group.model, data, config.batch_size, group.autocast, self._shared_inputs, group.members
         )
-        for member, final in zip(self.active, finals, strict=True):
+        probes = probe_accuracies(
+            group.model, data, group.autocast, self._shared_inputs, group.members
+        )
+        for member, final, probe in zip(self.active, finals, probes, strict=True):
             self.results[member.index] = self._result(
                 member,
                 TrainStatus.OK,
                 test_accuracy=final.accuracy,
                 test_accuracy_batch_stats=final.accuracy_batch_stats,
                 test_loss=final.loss,
+                test_accuracy_by_bn_momentum=probe,
             )
 
     def _epoch_batches(self) -> Iterator[tuple[torch.Tensor, ...]]:

@@ -1,4 +1,5 @@
-"""Placement-aware building blocks: BN layers (ghost batches), ordered blocks, init, precise BN.
+"""Placement-aware building blocks: BN layers (ghost batches), ordered blocks, init, precise BN,
+the BN momentum probe.
 
 One rule decides biases everywhere: a linear/conv layer *directly* followed by BN has no bias
 (BN's mean subtraction would cancel it and its shift parameter replaces it); any other layer keeps
@@ -7,7 +8,8 @@ its bias.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,7 +45,6 @@ class NormSpec:
             bn_eps=config.bn_eps,
             ghost_batch_size=config.ghost_batch_size,
         )
-
 
 
 # --- ghost batch normalization ------------------------------------------------------------------
@@ -283,3 +284,123 @@ def recompute_bn_stats(model: nn.Module, batches: Iterable[torch.Tensor]) -> int
             layer.momentum = momentum
         model.train(was_training)
     return used
+
+
+# --- BN momentum probe --------------------------------------------------------------------------
+
+_PROBE = "momentum_probe"  # the attribute of a BN layer that holds its MomentumProbe
+
+
+class MomentumProbe:
+    """The running statistics one BN layer would hold under other momenta, from the same batches.
+
+    In training mode BN normalizes with each batch's own statistics, so neither its output nor the
+    weights' trajectory depends on ``bn_momentum``: only the running averages do. The probe folds
+    each training step's batch statistics into one running average per probed momentum, as the
+    layer folds them into its own (ghost batches: chunk after chunk, as ``_GhostBatchNorm`` does),
+    so after one run it holds what training again with each momentum would have left. It computes
+    the batch statistics itself (a mean and a variance per channel and step), so they equal the
+    layer's up to float32 summation order. Idle while the layer's momentum is None (precise BN's
+    recomputation) and in evaluation mode.
+
+    Statistics are (P, F): P probed momenta, F = the layer's running-statistics size (K * C in a
+    fused layer, member-major).
+    """
+
+    def __init__(self, layer: _BatchNorm, momenta: Sequence[float]) -> None:
+        assert layer.running_mean is not None and layer.running_var is not None
+        self.momenta = tuple(float(m) for m in momenta)
+        shape = (len(self.momenta), layer.running_mean.numel())
+        self.mean = layer.running_mean.detach().reshape(1, -1).expand(shape).clone()
+        self.var = layer.running_var.detach().reshape(1, -1).expand(shape).clone()
+        self.rate = torch.tensor(self.momenta, dtype=self.mean.dtype, device=self.mean.device)
+        self.rate = self.rate.unsqueeze(1)  # (P, 1)
+
+    @torch.no_grad()
+    def update(self, means: torch.Tensor, variances: torch.Tensor) -> None:
+        """Fold k batch statistics (k, F) in, as k BN steps in a row (``update_running_stats``)."""
+        m = self.rate
+        k = means.shape[0]
+        if k == 1:
+            self.mean.lerp_(means.expand_as(self.mean), m)
+            self.var.lerp_(variances.expand_as(self.var), m)
+            return
+        powers = torch.arange(k - 1, -1, -1, device=means.device, dtype=means.dtype)
+        weights = m * (1 - m) ** powers  # (P, k): step i's weight after the k steps
+        decay = (1 - m) ** k
+        self.mean.mul_(decay).add_(weights @ means)
+        self.var.mul_(decay).add_(weights @ variances)
+
+    def keep_members(self, keep: list[int], members: int) -> None:
+        """Keep the members at ``keep`` of a fused layer's probe (of ``members`` members)."""
+        p = len(self.momenta)
+        index = torch.tensor(keep, device=self.mean.device)
+        self.mean = self.mean.reshape(p, members, -1)[:, index].reshape(p, -1)
+        self.var = self.var.reshape(p, members, -1)[:, index].reshape(p, -1)
+
+
+def _feed_probe(layer: nn.Module, inputs: tuple[torch.Tensor, ...], _: torch.Tensor) -> None:
+    """Forward hook: this training step's batch statistics into the layer's probe."""
+    probe: MomentumProbe | None = getattr(layer, _PROBE, None)
+    if probe is None or not layer.training or getattr(layer, "momentum", None) is None:
+        return
+    with torch.no_grad():
+        x = inputs[0].detach().float()
+        ghost = getattr(layer, "ghost_batch_size", None)
+        chunked = ghost_batch_norm(x, ghost, None, None, float(getattr(layer, "eps", 1e-5)))
+        if chunked is not None:
+            _, means, variances = chunked
+        else:
+            var, mean = torch.var_mean(x, dim=[0, *range(2, x.dim())], correction=1)
+            means, variances = mean.unsqueeze(0), var.unsqueeze(0)
+        probe.update(means, variances)
+
+
+def attach_momentum_probe(model: nn.Module, momenta: Sequence[float]) -> int:
+    """Give each BN layer of ``model`` (placed on its device) a ``MomentumProbe`` of ``momenta``,
+    started from its current running statistics; returns how many layers got one."""
+    layers = bn_layers(model)
+    for layer in layers:
+        setattr(layer, _PROBE, MomentumProbe(layer, momenta))
+        layer.register_forward_hook(_feed_probe)
+    return len(layers)
+
+
+def probed_momenta(model: nn.Module) -> tuple[float, ...]:
+    """The momenta ``model``'s BN layers probe (empty without a probe)."""
+    for layer in bn_layers(model):
+        probe: MomentumProbe | None = getattr(layer, _PROBE, None)
+        if probe is not None:
+            return probe.momenta
+    return ()
+
+
+def keep_probe_members(model: nn.Module, keep: list[int], members: int) -> None:
+    """Keep the members at ``keep`` in the probes of a fused model (before its layers shrink)."""
+    for layer in bn_layers(model):
+        probe: MomentumProbe | None = getattr(layer, _PROBE, None)
+        if probe is not None:
+            probe.keep_members(keep, members)
+
+
+@contextlib.contextmanager
+def probed_statistics(model: nn.Module, index: int) -> Iterator[None]:
+    """Inside: every probed BN layer's running statistics are its probe's of momentum ``index``;
+    the layer's own are restored on leaving."""
+    swapped: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    try:
+        with torch.no_grad():
+            for layer in bn_layers(model):
+                probe: MomentumProbe | None = getattr(layer, _PROBE, None)
+                mean, var = layer.running_mean, layer.running_var
+                if probe is None or mean is None or var is None:
+                    continue
+                swapped.append((mean, var, mean.clone(), var.clone()))
+                mean.copy_(probe.mean[index].view_as(mean))
+                var.copy_(probe.var[index].view_as(var))
+        yield
+    finally:
+        with torch.no_grad():
+            for mean, var, own_mean, own_var in swapped:
+                mean.copy_(own_mean)
+                var.copy_(own_var)

@@ -38,7 +38,15 @@ from models.data import Dataset, load_dataset
 from models.device import resolve_device
 from models.errors import first_line
 from models.estimate import memory_refusal
-from models.layers import NormSpec, bn_layers, init_weights, recompute_bn_stats
+from models.layers import (
+    NormSpec,
+    attach_momentum_probe,
+    bn_layers,
+    init_weights,
+    probed_momenta,
+    probed_statistics,
+    recompute_bn_stats,
+)
 from models.validate import check_config
 
 EpochCallback = Callable[[EpochMetrics], bool | None]
@@ -73,6 +81,7 @@ class _Run:
     history: list[EpochMetrics]
     num_classes: int = 0
     final: FinalMetrics | None = None
+    probe: tuple[tuple[float, float], ...] = ()
 
 
 def train(
@@ -129,6 +138,7 @@ def train(
         test_loss=final.loss if final else None,
         num_classes=run.num_classes,
         reason=reason,
+        test_accuracy_by_bn_momentum=run.probe if final else (),
     )
 
 
@@ -170,6 +180,8 @@ def _fit(
     data = data.to(device)
     torch.manual_seed(config.seed)  # dropout and anything else drawing from the global RNG
     model, autocast, prepare = place_model(config, builder, model_params, data, device)
+    if config.bn_momentum_probe:
+        attach_momentum_probe(model, config.bn_momentum_probe)
     optimizer = make_optimizer(config, model)
     batches_per_epoch = len(batch_bounds(len(data.y_train), config))
     lr_at = lr_factor(config, batches_per_epoch)
@@ -224,8 +236,9 @@ def _fit(
             # No test metrics: a pruned run is not a candidate, and they cost time.
             raise _Stop(TrainStatus.PRUNED, pruned_reason(epoch))
 
-    # --- test: running statistics, then each test batch's own statistics
+    # --- test: running statistics, then each test batch's own statistics (and probed momenta)
     run.final = final_metrics(model, data, config.batch_size, autocast, prepare)[0]
+    run.probe = probe_accuracies(model, data, autocast, prepare)[0]
 
 
 def diverged_reason(phase: str, loss: float, epoch: int) -> str:
@@ -447,6 +460,25 @@ def final_metrics(
         else:
             batch_stats = accuracies
     return [FinalMetrics(*m) for m in zip(losses, accuracies, batch_stats, strict=True)]
+
+
+def probe_accuracies(
+    model: nn.Module,
+    data: Dataset,
+    autocast: Autocast,
+    prepare: Prepare,
+    members: int = 1,
+) -> list[tuple[tuple[float, float], ...]]:
+    """Per member (momentum, test accuracy) with the running statistics each probed momentum
+    would have given (``bn_momentum_probe``); empty tuples without a probe."""
+    momenta = probed_momenta(model)
+    per_member: list[list[tuple[float, float]]] = [[] for _ in range(members)]
+    for index, momentum in enumerate(momenta):
+        with probed_statistics(model, index), autocast():
+            _, accuracies = evaluate(model, data.x_test, data.y_test, prepare, members)
+        for mine, accuracy in zip(per_member, accuracies, strict=True):
+            mine.append((momentum, accuracy))
+    return [tuple(mine) for mine in per_member]
 
 
 def _precise_bn(

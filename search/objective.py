@@ -123,6 +123,10 @@ def result_attrs(result: TrainResult) -> dict[str, Any]:
         "test_accuracy_batch_stats": finite(result.test_accuracy_batch_stats),
         "test_loss": finite(result.test_loss),
         "num_classes": result.num_classes,
+        # bn_momentum_probe: [momentum, test accuracy with that momentum's running statistics]
+        "test_accuracy_by_bn_momentum": [
+            [momentum, accuracy] for momentum, accuracy in result.test_accuracy_by_bn_momentum
+        ],
         # Per-epoch metrics for the analysis (pruned trials compared at the epoch they reached).
         "history": [
             {
