@@ -3,7 +3,6 @@ run``: the same methods and models as ``service.client.Client``, no server neede
 
 from __future__ import annotations
 
-from search.analysis import render_html
 from search.db import StudyRow
 from search.results import BestResult, TrialSummary
 from search.states import TrialStateName
@@ -59,4 +58,4 @@ class DatabaseClient:
 
     def report_html(self, study: int | str) -> str:
         """The report as a self-contained HTML page."""
-        return render_html(queries.report_model(self.report(study)))
+        return queries.report_page(self.analyses, self._row(study))[0]

@@ -10,10 +10,11 @@ the tally up to date with Optuna's tables (two small queries when nothing change
 
 from __future__ import annotations
 
+from typing import Any
+
 import optuna
 from sqlalchemy.engine import Engine
 
-from search.analysis import StudyReport
 from search.db import StudyRow
 from search.errors import NotFoundError
 from search.results import BestResult, TrialSummary, best_result
@@ -22,7 +23,17 @@ from search.storage import read_only, trials_by_id
 from search.studies import spec_of
 from search.summary import front_trial_ids, page_trial_ids, refresh
 from service.analyses import IMPORTANCE, REPORT, AnalysisCache, Cached
-from service.schemas import ImportancePublic, Order, Page, ReportPublic, SortKey, StudyPublic
+from service.schemas import (
+    Freshness,
+    ImportancePublic,
+    Order,
+    Page,
+    ReportPublic,
+    SortKey,
+    StudyPublic,
+)
+
+REPORT_PAGE = "report.html"
 
 
 class AnalysisPendingError(RuntimeError):
@@ -97,7 +108,7 @@ def importance(cache: AnalysisCache, row: StudyRow) -> ImportancePublic:
     if tally.counts.complete < 2:  # nothing to compute: no need to store it either
         reason = "needs at least 2 complete trials"
         return ImportancePublic(importances={}, target=target, reason=reason)
-    cached = cache.get(row, IMPORTANCE.kind)
+    cached = cache.get(row, IMPORTANCE.kind, finished=tally.counts.finished)
     if cached.result is None:
         reason = cached.error or (
             f"being computed for {cached.trials_finished} finished trials; retry shortly"
@@ -114,14 +125,24 @@ def report(cache: AnalysisCache, row: StudyRow) -> ReportPublic:
     return ReportPublic.model_validate({**_result(cached, row, "report"), **cached.freshness()})
 
 
-def report_model(cached_report: ReportPublic) -> StudyReport:
-    """The report without its freshness fields (what ``render_html`` takes)."""
-    return StudyReport.model_validate(
-        cached_report.model_dump(include=set(StudyReport.model_fields))
-    )
+def report_json(cache: AnalysisCache, row: StudyRow) -> bytes:
+    """``report`` as the JSON the API sends (a ``ReportPublic``), from the stored text: the
+    freshness fields, then the report as stored, neither parsed nor validated again."""
+    cached = cache.get(row, REPORT.kind, raw=True)
+    stored = str(_result(cached, row, "report")).strip()
+    head = Freshness.model_validate(cached.freshness()).model_dump_json()
+    assert stored.startswith("{") and head.endswith("}")
+    body = head if stored == "{}" else f"{head[:-1]},{stored[1:]}"
+    return body.encode()
 
 
-def _result(cached: Cached, row: StudyRow, what: str) -> dict[str, object]:
+def report_page(cache: AnalysisCache, row: StudyRow) -> tuple[str, Cached]:
+    """The report as one self-contained HTML page, drawn when the report was computed."""
+    cached = cache.get(row, REPORT_PAGE)
+    return str(_result(cached, row, "report page")["html"]), cached
+
+
+def _result(cached: Cached, row: StudyRow, what: str) -> Any:
     if cached.error is not None:
         raise RuntimeError(f"the {what} of study {row.name!r} failed: {cached.error}")
     if cached.result is None:

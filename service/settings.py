@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=5, ge=1, le=100)
     # The longest a request waits for an analysis (importance, report) being recomputed; past it
     # the stored figures are served with `stale: true` (service/analyses.py).
-    analysis_wait_s: float = Field(default=1.0, ge=0, le=30)
+    analysis_wait_s: float = Field(default=10.0, ge=0, le=60)
     # Client side (CLI commands that talk to the API): default http://{host}:{port}.
     api_url: str | None = None
     api_key: str | None = None

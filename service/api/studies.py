@@ -10,7 +10,6 @@ from fastapi.responses import HTMLResponse
 from sqlalchemy.engine import Engine
 from starlette.concurrency import run_in_threadpool
 
-from search.analysis import render_html
 from search.errors import SpecError
 from search.limits import Limits
 from search.results import BestResult, TrialSummary
@@ -184,12 +183,18 @@ _HTML_ANALYSIS_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _report(analyses: AnalysisCache, engine: Engine, study_id: int) -> ReportPublic:
+def _pending(exc: AnalysisPendingError) -> HTTPException:
+    return HTTPException(503, str(exc), headers={"Retry-After": str(exc.retry_after_s)})
+
+
+def _report(analyses: AnalysisCache, engine: Engine, study_id: int) -> Response:
+    # The stored JSON as is: a report grows with the study (~2 MB at 10,000 trials), and parsing
+    # and validating it again at each request would cost ~100 ms of CPU there.
     try:
-        return queries.report(analyses, get_study_row(engine, study_id))
+        body = queries.report_json(analyses, get_study_row(engine, study_id))
     except AnalysisPendingError as exc:
-        headers = {"Retry-After": str(exc.retry_after_s)}
-        raise HTTPException(503, str(exc), headers=headers) from None
+        raise _pending(exc) from None
+    return Response(body, media_type="application/json")
 
 
 @router.get("/{study_id}/importance", responses=_NOT_FOUND)
@@ -199,8 +204,8 @@ def importance(study_id: StudyId, engine: EngineDep, analyses: AnalysesDep) -> I
     return queries.importance(analyses, get_study_row(engine, study_id))
 
 
-@router.get("/{study_id}/report", responses=_ANALYSIS_RESPONSES)
-def report(study_id: StudyId, engine: EngineDep, analyses: AnalysesDep) -> ReportPublic:
+@router.get("/{study_id}/report", response_model=ReportPublic, responses=_ANALYSIS_RESPONSES)
+def report(study_id: StudyId, engine: EngineDep, analyses: AnalysesDep) -> Response:
     """Why a configuration won: one finding per BN practice of the study (placement, learning-rate
     stability, batch size × learning rate, BN momentum, eval-mode statistics, initialization,
     ghost / precise BN), each with a verdict, an effect with its 95% interval and its source;
@@ -218,17 +223,26 @@ def report(study_id: StudyId, engine: EngineDep, analyses: AnalysesDep) -> Repor
     },
 )
 def report_html(study_id: StudyId, engine: EngineDep, analyses: AnalysesDep) -> HTMLResponse:
-    """The report as one self-contained HTML page with its plots (no script, no CDN)."""
-    result = _report(analyses, engine, study_id)
+    """The report as one self-contained HTML page with its plots (no script, no CDN), drawn
+    when the report was computed; headers say for how many trials and whether stale."""
+    try:
+        page, cached = queries.report_page(analyses, get_study_row(engine, study_id))
+    except AnalysisPendingError as exc:
+        raise _pending(exc) from None
     headers = {
-        "X-Bnsweep-Trials-Counted": str(result.trials_counted),
-        "X-Bnsweep-Stale": str(result.stale).lower(),
+        "X-Bnsweep-Trials-Counted": str(cached.trials_counted),
+        "X-Bnsweep-Stale": str(cached.stale).lower(),
     }
-    return HTMLResponse(render_html(queries.report_model(result)), headers=headers)
+    return HTMLResponse(page, headers=headers)
 
 
-@router.get("/{study_id}/insights", responses=_ANALYSIS_RESPONSES, deprecated=True)
-def insights(study_id: StudyId, engine: EngineDep, analyses: AnalysesDep) -> ReportPublic:
+@router.get(
+    "/{study_id}/insights",
+    response_model=ReportPublic,
+    responses=_ANALYSIS_RESPONSES,
+    deprecated=True,
+)
+def insights(study_id: StudyId, engine: EngineDep, analyses: AnalysesDep) -> Response:
     """The report, under its former name."""
     return _report(analyses, engine, study_id)
 
