@@ -9,7 +9,7 @@ workers all see "one slot left" and all take it.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -28,7 +28,7 @@ from search.errors import StudyNotFoundError, StudyStateError
 from search.optuna_map import distributions, make_pruner, make_sampler
 from search.retry import STUDY_ATTR
 from search.spec import StudySpec
-from search.states import SlotState, StudyStatus, TrialCounts, TrialStatus
+from search.states import SlotState, StudyKind, StudyStatus, TrialCounts, TrialStatus
 from search.storage import (
     TRIAL_HEARTBEATS,
     TRIALS,
@@ -52,18 +52,29 @@ class Claim:
 
 
 def create_study(
-    engine: Engine, storage: optuna.storages.BaseStorage, spec: StudySpec, owner: str | None = None
+    engine: Engine,
+    storage: optuna.storages.BaseStorage,
+    spec: StudySpec,
+    owner: str | None = None,
+    *,
+    kind: StudyKind = StudyKind.SEARCH,
+    parent_id: int | None = None,
+    enqueue_attrs: Sequence[Mapping[str, Any]] = (),
 ) -> StudyRow:
     """Create the Optuna study and our row for a validated spec.
 
     The spec's ``enqueue`` configurations, then ``warm_start``'s (the best of an earlier study),
-    are queued to be evaluated first. Raises StudyStateError if the name is taken,
-    StudyNotFoundError if the warm-start study does not exist. If anything fails after Optuna's
-    study was made, it is deleted again, so nothing is left half-written.
+    are queued to be evaluated first; ``enqueue_attrs[i]`` are extra user attrs of the i-th
+    enqueued configuration (a confirmation study tags its planned points; a retry inherits
+    them). ``kind`` and ``parent_id`` link a confirmation study to the study it checks. Raises
+    StudyStateError if the name is taken, StudyNotFoundError if the warm-start study does not
+    exist. If anything fails after Optuna's study was made, it is deleted again, so nothing is
+    left half-written.
     """
     if _find_row(engine, spec.name) is not None:
         raise StudyStateError(f"a study named {spec.name!r} already exists")
     seeds = [*spec.enqueue, *_warm_start_points(engine, storage, spec)]
+    extra = [*enqueue_attrs, *[{}] * (len(seeds) - len(enqueue_attrs))]
     try:
         study = optuna.create_study(
             study_name=spec.name,
@@ -76,8 +87,8 @@ def create_study(
         raise StudyStateError(f"a study named {spec.name!r} already exists") from None
     try:
         study.set_metric_names([t.metric.value for t in spec.objective.targets])
-        for params in seeds:
-            study.enqueue_trial(params, user_attrs={"enqueued": True})
+        for params, attrs in zip(seeds, extra, strict=True):
+            study.enqueue_trial(params, user_attrs={"enqueued": True, **attrs})
         with engine.begin() as conn:
             study_id = conn.execute(
                 sa.insert(StudyRow)
@@ -88,6 +99,8 @@ def create_study(
                     status_reason="",
                     owner=owner,
                     optuna_study_id=study_id_of(study),
+                    kind=kind.value,
+                    parent_id=parent_id,
                 )
                 .returning(StudyRow.id)
             ).scalar_one()

@@ -308,8 +308,9 @@ class Worker:
         try:
             try:
                 study = self._retry(lambda: self._load_study(claim), f"load {claim.study_name!r}")
-                members[0].trial = self._start(claim, members[0], lambda: self._ask(study, spec))
-                extra = self._group_size(spec, members[0].trial) - 1
+                first = self._start(claim, members[0], lambda: self._ask(study, spec))
+                assert first is not None  # ask() always gives a trial
+                extra = self._group_size(spec, first) - 1
                 slots = self._retry(
                     lambda: claim_more_slots(
                         self.engine, self.worker_id, claim, extra, self.options.grace_period_s
@@ -319,12 +320,20 @@ class Worker:
                 for slot_id in slots:
                     members.append(_Member(slot_id))
                     self.current_slot_ids.add(slot_id)
-                shaping = _shaping_params(spec, members[0].trial)
+                shaping = _shaping_params(spec, first)
                 dists = distributions(spec)
+
+                def ask_member() -> optuna.Trial | None:
+                    return self._ask_member(study, shaping, dists)
+
                 for member in members[1:]:
-                    member.trial = self._start(
-                        claim, member, lambda: self._ask_member(study, shaping, dists)
-                    )
+                    if self._start(claim, member, ask_member) is None:
+                        break
+                # Slots no member came for go back at once: the group trains smaller.
+                for member in [m for m in members if m.trial is None]:
+                    self._close_slot(member)
+                    self.current_slot_ids.discard(member.slot_id)
+                members = [m for m in members if m.trial is not None]
             except Exception as exc:  # e.g. a sampler option that only fails when sampling
                 # Every worker would fail the same way: end the study, keep the worker.
                 log.exception("study %r cannot start a trial", claim.study_name)
@@ -361,10 +370,12 @@ class Worker:
         self._retry(lambda: finish_slot(self.engine, member.slot_id, member.state), "close slot")
 
     def _start(
-        self, claim: Claim, member: _Member, ask: Callable[[], optuna.Trial]
-    ) -> optuna.Trial:
-        """Ask a member's trial, heartbeat it and link it to its slot."""
+        self, claim: Claim, member: _Member, ask: Callable[[], optuna.Trial | None]
+    ) -> optuna.Trial | None:
+        """Ask a member's trial, heartbeat it and link it to its slot (None: no trial to run)."""
         trial = self._retry(ask, "ask")
+        if trial is None:
+            return None
         member.trial = trial
         # Retried on its own: retrying the ask would leave the first trial orphaned.
         self._retry(lambda: self.storage.record_heartbeat(trial_id_of(trial)), "heartbeat")
@@ -388,14 +399,25 @@ class Worker:
 
     def _ask_member(
         self, study: optuna.Study, shaping: dict[str, Any], dists: dict[str, BaseDistribution]
-    ) -> optuna.Trial:
+    ) -> optuna.Trial | None:
         """A further member of a fused group: a waiting trial (enqueued, a retry) that fits the
-        group's shape first, else a new trial with that shape whose other values the sampler
-        chooses."""
+        group's shape first; else, if no trial at all is waiting, a new trial with that shape
+        whose other values the sampler chooses; else None.
+
+        Waiting trials of other shapes come before a sampler's new trial: they were asked for
+        (a confirmation study's budget is exactly its planned points), and a new trial would take
+        their budget. The group trains smaller instead.
+        """
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Heartbeat of storage")
             waiting = pop_waiting_trial(study, shaping, dists)
-            return waiting or ask_with_fixed_params(study, shaping, dists)
+            if waiting is not None:
+                return waiting
+            if storage_of(study).get_all_trials(
+                study_id_of(study), deepcopy=False, states=(TrialState.WAITING,)
+            ):
+                return None
+            return ask_with_fixed_params(study, shaping, dists)
 
     def _group_size(self, spec: StudySpec, trial: optuna.Trial) -> int:
         """How many trials to train as one model with ``trial``: 1 unless the spec (or this

@@ -6,8 +6,10 @@ through a paired measurement), repeats of one configuration count once, and each
 a 95% interval (bootstrap, seeded: the same trials give the same report). The findings can
 suggest; controlled confirmation runs (``source="confirmation"``) can prove.
 
-Entry points: ``analyze_study(trials, spec, options) -> StudyReport`` and
-``render_html(report) -> str``.
+Entry points: ``analyze_study(trials, spec, options) -> StudyReport``,
+``analyze_confirmation(trials, spec, options)`` for a confirmation study (search/confirm.py:
+controlled runs over seeds, paired t intervals, read on the test split; see ``_confirm.py``),
+``combine_reports(study_report, confirmation_report)`` and ``render_html(report) -> str``.
 
 Strength, read off a finding's 95% interval ``[lo, hi]`` and a practical margin ``m``
 (``AnalysisOptions.practical_margin`` = 1 accuracy point for accuracies and per-decade trends,
@@ -35,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 # without importing numpy or Optuna. The analysis itself loads on first use.
 from search.analysis._models import (
     AnalysisOptions,
+    ConfirmationInfo,
     Finding,
     Practice,
     Source,
@@ -46,6 +49,7 @@ from search.analysis._models import (
 
 if TYPE_CHECKING:
     from search.analysis._analyze import OBSERVATIONAL, analyze_study
+    from search.analysis._confirm import analyze_confirmation, combine_reports
     from search.analysis._html import render_html
     from search.analysis._records import (
         Point,
@@ -58,6 +62,8 @@ if TYPE_CHECKING:
 _LAZY = {
     "OBSERVATIONAL": "_analyze",
     "analyze_study": "_analyze",
+    "analyze_confirmation": "_confirm",
+    "combine_reports": "_confirm",
     "render_html": "_html",
     "Point": "_records",
     "StudyData": "_records",
@@ -72,9 +78,11 @@ def __getattr__(name: str) -> Any:
         return getattr(importlib.import_module(f"search.analysis.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'search.analysis' has no attribute {name!r}")
 
+
 __all__ = [
     "OBSERVATIONAL",
     "AnalysisOptions",
+    "ConfirmationInfo",
     "Finding",
     "Point",
     "Practice",
@@ -85,7 +93,9 @@ __all__ = [
     "Thresholds",
     "TrialCounts",
     "TrialRecord",
+    "analyze_confirmation",
     "analyze_study",
+    "combine_reports",
     "infer_val_size",
     "read_study",
     "render_html",

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from search.analysis._models import Finding, Strength, StudyReport
+from search.analysis._models import Finding, Source, Strength, StudyReport
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -84,6 +84,7 @@ def render_html(report: StudyReport, *, title: str | None = None) -> str:
     )
     warnings = "".join(f"<li>{_e(w)}</li>" for w in report.warnings)
     sections = "".join(_section(f, i) for i, f in enumerate(report.findings))
+    confirmation = _confirmation(report)
     return (
         "<!doctype html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
@@ -95,6 +96,7 @@ def render_html(report: StudyReport, *, title: str | None = None) -> str:
         f"findings compare {_e(report.metric)}. {c.used} of {c.total} trials used "
         f"({c.pruned_used} pruned, {c.failed_to_train} failed to train), {c.configurations} "
         f"distinct configurations, {c.seeds} seed(s).</p>"
+        f"{confirmation}"
         f'<h2>Caveats</h2><ul class="warnings">{warnings}</ul>'
         "<h2>Summary</h2><table><tr><th>practice</th><th>strength</th>"
         f"<th>effect (95% CI)</th><th>source</th></tr>{rows}</table>"
@@ -107,12 +109,34 @@ def render_html(report: StudyReport, *, title: str | None = None) -> str:
     )
 
 
+def _confirmation(report: StudyReport) -> str:
+    info = report.confirmation
+    if info is None:
+        return ""
+    status = f" ({_e(info.status)})" if info.status else ""
+    size = f" ({info.test_size} samples)" if info.test_size else ""
+    return (
+        f"<p><b>Confirmation runs:</b> study {_e(info.study_name)}{status}, {info.finished} of "
+        f"{info.planned} planned runs finished over {info.seeds} fresh seed(s), one factor at a "
+        f"time around the best configuration, scored on the test split{size}. Their findings "
+        "come first in each section, marked <i>source: confirmation</i>; the search's own "
+        "(observational) findings follow, marked <i>source: study</i>.</p>"
+    )
+
+
+_SOURCES = {
+    Source.STUDY: "study (observational: the search's own trials)",
+    Source.CONFIRMATION: "confirmation (controlled runs over seeds, test split)",
+}
+
+
 def _section(f: Finding, i: int) -> str:
     figure = _figure(f, i)
+    units = "seeds" if f.source is Source.CONFIRMATION else "independent units"
     return (
         f'<section id="{_e(f.practice.value)}-{i}"><h2>{_e(_title(f.practice.value))}</h2>'
-        f'<p>{_badge(f.strength)} <span class="source">source: {_e(f.source.value)}'
-        f"{'' if f.sample_size is None else f'; {f.sample_size} independent units'}</span></p>"
+        f'<p>{_badge(f.strength)} <span class="source">source: {_e(_SOURCES[f.source])}'
+        f"{'' if f.sample_size is None else f'; {f.sample_size} {units}'}</span></p>"
         f"<p>{_e(f.verdict)}.</p>"
         f"<p><b>Effect</b> ({_e(f.effect.get('compared') or 'no comparison')}): "
         f"{_e(_estimate(f))}</p>"
@@ -133,7 +157,9 @@ def _figure(f: Finding, i: int) -> str:
     if draw is None or not (any(data.values()) if isinstance(data, dict) else data):
         return ""
     svg = _svg(lambda ax: draw(ax, f.plot), salt=f"bnsweep-{i}")
-    caption = _e(f"{_title(f.practice.value)}: {_CAPTIONS[str(f.plot['kind'])]}")
+    captions = _CONFIRMATION_CAPTIONS if f.source is Source.CONFIRMATION else {}
+    text = captions.get(kind) or _CAPTIONS[kind]
+    caption = _e(f"{_title(f.practice.value)}: {text}")
     return f"<figure>{svg}<figcaption>{caption}</figcaption></figure>"
 
 
@@ -161,7 +187,9 @@ def _color(name: str, order: list[str]) -> str:
     return _COLORS.get(name) or _FALLBACK_COLORS[order.index(name) % len(_FALLBACK_COLORS)]
 
 
-def _scatter_placements(ax: Axes, points: dict[str, list[list[float]]]) -> None:
+def _scatter_placements(
+    ax: Axes, points: dict[str, list[list[float]]], ylabel: str = "validation accuracy"
+) -> None:
     names = list(points)
     for name, rows in points.items():
         trained = [r for r in rows if r[2] >= 0.5]
@@ -182,11 +210,11 @@ def _scatter_placements(ax: Axes, points: dict[str, list[list[float]]]) -> None:
             )
     ax.set_xscale("log")
     ax.set_xlabel("effective learning rate")
-    ax.set_ylabel("validation accuracy")
+    ax.set_ylabel(ylabel)
 
 
 def _draw_placement(ax: Axes, plot: dict[str, Any]) -> None:
-    _scatter_placements(ax, plot["points"])
+    _scatter_placements(ax, plot["points"], plot.get("ylabel", "validation accuracy"))
     names = list(plot["points"])
     for name, curve in plot.get("curves", {}).items():
         ys = [math.nan if y is None else y for y in curve["accuracy"]]
@@ -195,7 +223,7 @@ def _draw_placement(ax: Axes, plot: dict[str, Any]) -> None:
 
 
 def _draw_windows(ax: Axes, plot: dict[str, Any]) -> None:
-    _scatter_placements(ax, plot["points"])
+    _scatter_placements(ax, plot["points"], plot.get("ylabel", "validation accuracy"))
     names = list(plot["points"])
     for name, window in plot["windows"].items():
         if window and name in names:
@@ -342,4 +370,18 @@ _CAPTIONS = {
     "eval_pairs": "test accuracy with running vs batch statistics (dashed: equal)",
     "init_bn": "effect of each initialization vs the reference, with and without BN (95% CI)",
     "groups": "values per group (bars: means)",
+}
+_CONFIRMATION_CAPTIONS = {
+    "placement": "test accuracy of each run over each placement's learning-rate grid (crosses "
+    "failed to train; lines: means over seeds)",
+    "lr_windows": "test accuracy of each run over the learning-rate grids; shaded: where most "
+    "seeds trained",
+    "bn_momentum": "test accuracy of the same trained networks with the running statistics of "
+    "each probed bn_momentum (dots) and with batch statistics (squares); grey lines join one "
+    "network",
+    "eval_pairs": "test accuracy with running vs batch statistics, one dot per seed (dashed: "
+    "equal)",
+    "init_bn": "effect of each initialization vs the reference, with and without BN, paired by "
+    "seed (95% t intervals)",
+    "groups": "test accuracy per seed and arm (bars: means)",
 }

@@ -130,8 +130,24 @@ class Finding(_Frozen):
     plot: dict[str, Any] = Field(default_factory=dict)
 
 
+class ConfirmationInfo(_Frozen):
+    """The confirmation study whose findings a report carries (``source="confirmation"``)."""
+
+    study_name: str
+    study_id: int | None = None
+    status: str | None = None  # the study's status when the report was made, if known
+    planned: int  # planned runs (points × seeds)
+    finished: int  # planned runs that completed (the findings read these)
+    failed: int  # planned runs that failed and were not retried
+    off_plan: int  # the sampler's replacements for failed runs (left out)
+    seeds: int
+    test_size: int | None  # test samples each run is scored on (inferred from the accuracies)
+
+
 class StudyReport(_Frozen):
-    """Findings for every BN practice a study varied or measured, and the caveats."""
+    """Findings for every BN practice a study varied or measured, and the caveats; with a
+    confirmation study, its controlled findings first per practice (``confirmation`` says which
+    study and how far it got)."""
 
     study_name: str
     objective_metric: str
@@ -142,3 +158,4 @@ class StudyReport(_Frozen):
     options: AnalysisOptions
     findings: list[Finding]
     warnings: list[str]
+    confirmation: ConfirmationInfo | None = None
