@@ -64,7 +64,8 @@ def main() -> None:
             runs["run"].append(timed(["run", str(spec), "--storage", url, "--device", "cpu"]))
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}")
     for name, times in runs.items():
-        print(f"bnsweep {name}: median {statistics.median(times):.2f} s  {[round(t, 2) for t in times]}")
+        rounded = [round(t, 2) for t in times]
+        print(f"bnsweep {name}: median {statistics.median(times):.2f} s  {rounded}")
     extra = statistics.median(runs["run"]) - statistics.median(runs["train"])
     print(f"fixed cost of run over train: {extra:+.2f} s")
 

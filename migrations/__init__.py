@@ -37,7 +37,8 @@ def upgrade(url: str, revision: str = "head") -> None:
     from search.storage import create_optuna_schema
 
     config = alembic_config(url)
-    if revision == "head" and current(url) == ScriptDirectory.from_config(config).get_current_head():
+    head = ScriptDirectory.from_config(config).get_current_head()
+    if revision == "head" and current(url) == head:
         return
     create_optuna_schema(url)
     command.upgrade(config, revision)
