@@ -216,6 +216,35 @@ def distribution_contains(dist: BaseDistribution, value: object) -> bool:
         return False
 
 
+def pop_waiting_trial(
+    study: optuna.Study, fixed: dict[str, object], dists: dict[str, BaseDistribution]
+) -> optuna.Trial | None:
+    """A WAITING trial (enqueued, or a retry) that can take the ``fixed`` values, made RUNNING
+    with them; None if there is none. A waiting trial that fixes one of them to another value is
+    left alone; one that leaves it to the sampler gets it fixed first. Popping is atomic (the same
+    state change ``ask`` uses): a trial another worker took meanwhile is skipped."""
+    storage = storage_of(study)
+    for frozen in storage.get_all_trials(
+        study_id_of(study), deepcopy=False, states=(TrialState.WAITING,)
+    ):
+        wanted = dict(frozen.system_attrs.get("fixed_params", {}))
+        if any(name in wanted and wanted[name] != value for name, value in fixed.items()):
+            continue
+        tid = trial_id_of(frozen)
+        try:
+            if wanted.keys() < (wanted | fixed).keys():
+                storage.set_trial_system_attr(tid, "fixed_params", wanted | fixed)
+            if not storage.set_trial_state_values(tid, state=TrialState.RUNNING):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        trial = optuna.Trial(study, tid)
+        for name, dist in dists.items():
+            trial._suggest(name, dist)
+        return trial
+    return None
+
+
 def ask_with_fixed_params(
     study: optuna.Study, fixed: dict[str, object], dists: dict[str, BaseDistribution]
 ) -> optuna.Trial:
