@@ -15,6 +15,7 @@ from typing import Any
 from anyio import to_thread
 from fastapi import FastAPI
 
+from models import estimate
 from models.errors import first_line
 from search.storage import get_engine
 from search.studies import reap
@@ -22,6 +23,7 @@ from service import docs, errors
 from service.analyses import AnalysisCache
 from service.api import studies, system
 from service.dashboard import dashboard_app
+from service.head import HeadAsGet
 from service.limits import BodyLimit
 from service.metrics import make_registry
 from service.settings import Settings, get_settings
@@ -99,6 +101,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         to_thread.current_default_thread_limiter().total_tokens = settings.db_pool_size
         reaper = Reaper(settings, storage)
         reaper.start()
+        # Spec checks size models on the meta device, whose first use imports ~2 s of PyTorch:
+        # done before serving, so that no request pays it and memory is flat from then on.
+        await to_thread.run_sync(estimate.warm_up)
         analyses.start()
         try:
             yield
@@ -127,6 +132,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(system.ops)
     docs.install(app)
     # Last: the dashboard matches every path, so our routes must be tried first.
-    app.mount("/", dashboard_app(storage, engine, settings.auth))
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.mount("/", dashboard_app(storage, engine, settings.auth, app.router.routes))
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=settings.max_body_bytes,
+        max_spec_bytes=settings.max_spec_bytes,
+        timeout_s=settings.body_timeout_s,
+    )
+    app.add_middleware(HeadAsGet)  # outermost: HEAD is routed (and limited) as GET
     return app

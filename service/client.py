@@ -166,6 +166,16 @@ class Client:
         """The report as a self-contained HTML page."""
         return self._send("GET", f"{self._path(study)}/report.html").text
 
+    def confirm(
+        self, study: int | str, seeds: int = 3, lr_offsets: list[float] | None = None
+    ) -> StudyPublic:
+        """Plan and start confirmation runs of a study; returns the new confirmation study."""
+        payload: dict[str, Any] = {"seeds": seeds}
+        if lr_offsets is not None:
+            payload["lr_offsets"] = lr_offsets
+        body = self._request("POST", f"{self._path(study)}/confirm", json=payload)
+        return StudyPublic.model_validate(body)
+
     def cancel(self, study: int | str) -> StudyPublic:
         return StudyPublic.model_validate(self._request("POST", f"{self._path(study)}/cancel"))
 

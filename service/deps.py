@@ -11,7 +11,7 @@ from sqlalchemy.engine import Engine
 from starlette.concurrency import run_in_threadpool
 
 from service.analyses import AnalysisCache
-from service.auth import authenticate
+from service.auth import Caller, authenticate, bearer_token, identify
 from service.settings import Settings
 
 
@@ -48,12 +48,25 @@ async def _write_key(
     settings: SettingsDep,
     engine: EngineDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> str | None:
-    """The name of the caller's key for a write; None when auth is off."""
+) -> Caller | None:
+    """The caller's key for a write (401/403 without a valid one); None when auth is off."""
     if not settings.auth:
         return None
     token = credentials.credentials if credentials else None
     return await run_in_threadpool(authenticate, engine, token)
 
 
-WriteKey = Annotated[str | None, Depends(_write_key)]
+async def _read_key(request: Request, settings: SettingsDep, engine: EngineDep) -> Caller | None:
+    """The caller's key for a read if it sent a valid one, else None (an anonymous reader).
+
+    Reads are open, so the header is read here rather than declared: declared, OpenAPI would
+    say reads need a key.
+    """
+    token = bearer_token(request.headers.get("authorization"))
+    if not settings.auth or token is None:
+        return None
+    return await run_in_threadpool(identify, engine, token)
+
+
+WriteKey = Annotated[Caller | None, Depends(_write_key)]
+ReadKey = Annotated[Caller | None, Depends(_read_key)]

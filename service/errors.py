@@ -1,7 +1,9 @@
 """Exceptions → HTTP, in one place. Bodies are always JSON ``{"detail": ...}``, never a traceback.
 
 A bad spec (``ConfigError``, with its field path) answers 422 in FastAPI's own shape, so clients
-parse one format for every validation error.
+parse one format for every validation error. Answers given before the request body was read (a
+refused key, a body too large or too slow) close the connection: what is left of the body is
+never read.
 """
 
 from __future__ import annotations
@@ -17,10 +19,14 @@ from sqlalchemy.exc import DataError, SQLAlchemyError
 from models.errors import ConfigError, first_line
 from search.errors import NotFoundError, StudyNotFoundError, StudyStateError
 from service.auth import AuthError
+from service.limits import BodyError
+from service.quotas import QuotaError
 
 log = logging.getLogger("bnsweep.api")
 
 DATABASE_ERRORS = (SQLAlchemyError, optuna.exceptions.StorageInternalError)
+UNAVAILABLE = "database unavailable"
+CLOSE = {"Connection": "close"}
 
 
 def spec_error_body(exc: ConfigError) -> dict[str, Any]:
@@ -46,8 +52,18 @@ async def _conflict(_: Request, exc: Exception) -> JSONResponse:
 
 async def _auth(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, AuthError)
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+    headers = {"WWW-Authenticate": "Bearer", **CLOSE} if exc.status_code == 401 else CLOSE
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
+
+
+async def _body(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, BodyError)
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=CLOSE)
+
+
+async def _quota(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, QuotaError)
+    return JSONResponse({"detail": exc.detail}, status_code=429)
 
 
 async def _database(request: Request, exc: Exception) -> JSONResponse:
@@ -64,7 +80,7 @@ async def _database(request: Request, exc: Exception) -> JSONResponse:
         request.url.path,
         first_line(exc),
     )
-    return JSONResponse({"detail": "database unavailable"}, status_code=503)
+    return JSONResponse({"detail": UNAVAILABLE}, status_code=503)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -79,6 +95,8 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(NotFoundError, _not_found)
     app.add_exception_handler(StudyStateError, _conflict)
     app.add_exception_handler(AuthError, _auth)
+    app.add_exception_handler(BodyError, _body)
+    app.add_exception_handler(QuotaError, _quota)
     for error in DATABASE_ERRORS:
         app.add_exception_handler(error, _database)
     app.add_exception_handler(Exception, _unexpected)

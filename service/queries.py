@@ -10,17 +10,20 @@ the tally up to date with Optuna's tables (two small queries when nothing change
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import optuna
 from sqlalchemy.engine import Engine
 
+from search.analysis import StudyReport, analyze_confirmation, combine_reports, render_html
+from search.confirm import confirmations_of
 from search.db import StudyRow
-from search.errors import NotFoundError
+from search.errors import NotFoundError, StudyNotFoundError
 from search.results import BestResult, TrialSummary, best_result
-from search.states import TrialStateName
-from search.storage import read_only, trials_by_id
-from search.studies import spec_of
+from search.states import StudyKind, TrialStateName
+from search.storage import read_only, study_trials, trials_by_id
+from search.studies import get_study_row, spec_of
 from search.summary import front_trial_ids, page_trial_ids, refresh
 from service.analyses import IMPORTANCE, REPORT, AnalysisCache, Cached
 from service.schemas import (
@@ -50,7 +53,14 @@ def study_public(
     ``storage`` is unused: the tally answers (kept for the write routes' calls)."""
     tally = refresh(engine, row.optuna_study_id)
     best_value = None if spec_of(row).is_multi_objective else tally.best_value
-    return StudyPublic.build(row, tally.counts, best_value)
+    public = StudyPublic.build(row, tally.counts, best_value)
+    if row.kind == StudyKind.CONFIRMATION.value:
+        return public
+    latest = confirmations_of(engine, row.id)
+    if not latest:
+        return public
+    links = public.links.model_copy(update={"confirmation": f"/api/v1/studies/{latest[0].id}"})
+    return public.model_copy(update={"links": links})
 
 
 def trial_page(
@@ -121,6 +131,8 @@ def report(cache: AnalysisCache, row: StudyRow) -> ReportPublic:
     """Which BN practices mattered, each with a verdict, an effect and its 95% interval, and the
     caveats of reading an adaptive sampler's trials (search/analysis), as stored for the latest
     count of finished trials the wait bound allows."""
+    if (confirmed := confirmed_report(cache, row)) is not None:
+        return confirmed[0]
     cached = cache.get(row, REPORT.kind)
     return ReportPublic.model_validate({**_result(cached, row, "report"), **cached.freshness()})
 
@@ -128,6 +140,8 @@ def report(cache: AnalysisCache, row: StudyRow) -> ReportPublic:
 def report_json(cache: AnalysisCache, row: StudyRow) -> bytes:
     """``report`` as the JSON the API sends (a ``ReportPublic``), from the stored text: the
     freshness fields, then the report as stored, neither parsed nor validated again."""
+    if (confirmed := confirmed_report(cache, row)) is not None:
+        return confirmed[0].model_dump_json().encode()
     cached = cache.get(row, REPORT.kind, raw=True)
     stored = str(_result(cached, row, "report")).strip()
     head = Freshness.model_validate(cached.freshness()).model_dump_json()
@@ -138,8 +152,52 @@ def report_json(cache: AnalysisCache, row: StudyRow) -> bytes:
 
 def report_page(cache: AnalysisCache, row: StudyRow) -> tuple[str, Cached]:
     """The report as one self-contained HTML page, drawn when the report was computed."""
+    if (confirmed := confirmed_report(cache, row)) is not None:
+        return render_html(confirmed[0]), confirmed[1]
     cached = cache.get(row, REPORT_PAGE)
     return str(_result(cached, row, "report page")["html"]), cached
+
+
+def confirmed_report(cache: AnalysisCache, row: StudyRow) -> tuple[ReportPublic, Cached] | None:
+    """The report of a study that has a confirmation study (search/confirm.py), combined with its
+    latest one: per practice the controlled findings first, then the study's own; or the report
+    of a confirmation study itself (combined with its parent's, if that still exists). None for a
+    study never confirmed. With the freshness of the parent's stored report.
+
+    The confirmation part is computed on every call, from one read of the confirmation's trials:
+    a confirmation study is a few hundred planned runs at most, milliseconds of arithmetic (t
+    intervals), and it must show runs as they finish, which the parent's count does not see.
+    """
+    if row.kind == StudyKind.CONFIRMATION.value:
+        confirmation, parent = row, _parent_of(cache.engine, row)
+    else:
+        children = confirmations_of(cache.engine, row.id)
+        if not children:
+            return None
+        confirmation, parent = children[0], row
+    with read_only(cache.engine).connect() as conn:
+        trials = study_trials(conn, confirmation.optuna_study_id, intermediate_values=False)
+    confirmed = analyze_confirmation(trials, spec_of(confirmation), status=confirmation.status)
+    if confirmed.confirmation is not None:
+        info = confirmed.confirmation.model_copy(update={"study_id": confirmation.id})
+        confirmed = confirmed.model_copy(update={"confirmation": info})
+    if parent is None:  # deleted: the confirmation's findings alone, current as of now
+        finished = confirmed.confirmation.finished if confirmed.confirmation else 0
+        cached = Cached(None, None, finished, finished, datetime.now(UTC), False)
+        return ReportPublic.model_validate({**dict(confirmed), **cached.freshness()}), cached
+    cached = cache.get(parent, REPORT.kind)
+    study = StudyReport.model_validate(_result(cached, parent, "report"))
+    combined = combine_reports(study, confirmed)
+    return ReportPublic.model_validate({**dict(combined), **cached.freshness()}), cached
+
+
+def _parent_of(engine: Engine, row: StudyRow) -> StudyRow | None:
+    if row.parent_id is None:
+        return None
+    try:
+        return get_study_row(engine, row.parent_id)
+    except StudyNotFoundError:
+        return None
 
 
 def _result(cached: Cached, row: StudyRow, what: str) -> Any:

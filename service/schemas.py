@@ -7,13 +7,13 @@ Timestamps are UTC; SQLite returns naive datetimes, which are marked UTC here.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Generic, Self, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from search.analysis import StudyReport
 from search.results import BestResult, TrialSummary, UtcDatetime
-from search.states import StudyStatus, TrialCounts, WorkerStatus
+from search.states import StudyKind, StudyStatus, TrialCounts, WorkerStatus
 
 if TYPE_CHECKING:
     from search.db import StudyRow
@@ -50,6 +50,16 @@ class StudyLinks(BaseModel):
     report: str
     report_html: str
     dashboard: str
+    confirm: str | None = Field(
+        default=None,
+        description="POST here to plan and start confirmation runs (search studies only)",
+    )
+    confirmation: str | None = Field(
+        default=None, description="this study's latest confirmation study, if any"
+    )
+    parent: str | None = Field(
+        default=None, description="the study a confirmation study checks (if it still exists)"
+    )
 
 
 class StudySummary(BaseModel):
@@ -59,17 +69,26 @@ class StudySummary(BaseModel):
     name: str
     status: StudyStatus
     status_reason: str
-    owner: str | None
+    owner: str | None = Field(
+        description="the key that created it; null for readers without a valid key, and for "
+        "studies created with auth off"
+    )
     optuna_study_id: int
     n_trials: int
     created_at: UtcDatetime | None
     started_at: UtcDatetime | None
     finished_at: UtcDatetime | None
+    kind: StudyKind = Field(
+        default=StudyKind.SEARCH,
+        description="search, or confirmation: planned runs that check a search study's findings",
+    )
+    parent_id: int | None = Field(default=None, description="the study a confirmation checks")
     links: StudyLinks
 
     @classmethod
     def from_row(cls, row: StudyRow, **extra: Any) -> StudySummary:
         base = f"/api/v1/studies/{row.id}"
+        kind = StudyKind(row.kind or StudyKind.SEARCH.value)
         links = StudyLinks(
             self=base,
             trials=f"{base}/trials",
@@ -77,6 +96,8 @@ class StudySummary(BaseModel):
             report=f"{base}/report",
             report_html=f"{base}/report.html",
             dashboard=f"/dashboard/studies/{row.optuna_study_id}",
+            confirm=f"{base}/confirm" if kind is StudyKind.SEARCH else None,
+            parent=f"/api/v1/studies/{row.parent_id}" if row.parent_id is not None else None,
         )
         return cls(
             id=row.id,
@@ -89,9 +110,34 @@ class StudySummary(BaseModel):
             created_at=row.created_at,
             started_at=row.started_at,
             finished_at=row.finished_at,
+            kind=kind,
+            parent_id=row.parent_id,
             links=links,
             **extra,
         )
+
+    def for_reader(self, reader: object | None) -> Self:
+        """As shown to ``reader`` (a valid key, or None): owners only to callers with a key."""
+        return self if reader is not None else self.model_copy(update={"owner": None})
+
+
+class ConfirmCreate(BaseModel):
+    """What ``POST /studies/{id}/confirm`` takes (every field optional; ``{}`` or no body)."""
+
+    seeds: int = Field(default=3, ge=3, le=20, description="fresh seeds per planned point (3..20)")
+    lr_offsets: list[Annotated[float, Field(ge=-4, le=4)]] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=16,
+        description="the learning-rate grid of each placement, in decades from its own best rate "
+        "(must include 0); default -1, -0.5, -0.25, 0, 0.25, 0.5, 0.75, 1",
+    )
+
+    @model_validator(mode="after")
+    def _grid_has_its_center(self) -> ConfirmCreate:
+        if self.lr_offsets is not None and 0 not in self.lr_offsets:
+            raise ValueError("lr_offsets must include 0 (each placement's own best rate)")
+        return self
 
 
 class Progress(BaseModel):

@@ -80,7 +80,10 @@ class WorkerPool:
         # Logs go to a file, not a pipe: a full pipe would block a chatty worker mid-trial.
         self.log = tempfile.NamedTemporaryFile(prefix="bnsweep-workers-", suffix=".log")  # noqa: SIM115 (closed in stop)
 
-    def start(self, url: str, *args: str, n: int = 1) -> list[subprocess.Popen[bytes]]:
+    def start(
+        self, url: str, *args: str, n: int = 1, env: dict[str, str] | None = None
+    ) -> list[subprocess.Popen[bytes]]:
+        """``n`` workers on ``url`` with ``args``; ``env``: variables for them alone."""
         cmd = [
             sys.executable,
             "-m",
@@ -95,7 +98,9 @@ class WorkerPool:
             *args,
         ]
         new = [
-            subprocess.Popen(cmd, env=worker_env(), stdout=subprocess.DEVNULL, stderr=self.log)
+            subprocess.Popen(
+                cmd, env=worker_env() | (env or {}), stdout=subprocess.DEVNULL, stderr=self.log
+            )
             for _ in range(n)
         ]
         self.procs.extend(new)

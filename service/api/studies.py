@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
@@ -10,6 +11,7 @@ from fastapi.responses import HTMLResponse
 from sqlalchemy.engine import Engine
 from starlette.concurrency import run_in_threadpool
 
+from search.confirm import ConfirmOptions, create_planned, prepare_confirmation
 from search.errors import SpecError
 from search.limits import Limits
 from search.results import BestResult, TrialSummary
@@ -25,11 +27,13 @@ from search.studies import (
     resume_study,
 )
 from search.validate import parse_spec, parse_spec_text
-from service import queries
+from service import queries, quotas
 from service.analyses import AnalysisCache
-from service.deps import AnalysesDep, EngineDep, SettingsDep, StorageDep, WriteKey
+from service.auth import Caller, check_owner
+from service.deps import AnalysesDep, EngineDep, ReadKey, SettingsDep, StorageDep, WriteKey
 from service.queries import AnalysisPendingError, study_public, trial_page
 from service.schemas import (
+    ConfirmCreate,
     ErrorBody,
     ImportancePublic,
     Order,
@@ -50,8 +54,10 @@ Limit = Annotated[int, Query(ge=1, le=500)]
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")
 _WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "No or unknown API key"},
-    403: {"model": ErrorBody, "description": "Revoked API key"},
+    403: {"model": ErrorBody, "description": "Revoked API key, or not the study's owner"},
 }
+# No control characters (PostgreSQL cannot store NUL): refused here on every backend, as 422.
+_NAME_QUERY = Query(max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorBody, "description": "No such study"}
 }
@@ -97,21 +103,26 @@ def parse_body(body: bytes, content_type: str | None, limits: Limits) -> StudySp
     openapi_extra=_SPEC_BODY,
     responses={
         **_WRITE_ERRORS,
+        408: {"model": ErrorBody, "description": "Body not received in time"},
         409: {"model": ErrorBody, "description": "Name taken"},
         413: {"model": ErrorBody, "description": "Body too large"},
         422: {"model": ErrorBody, "description": "Invalid spec; `loc` names the field"},
+        429: {"model": ErrorBody, "description": "Over the key's quota"},
     },
 )
 async def submit(
     request: Request, settings: SettingsDep, engine: EngineDep, storage: StorageDep, key: WriteKey
 ) -> StudyPublic:
-    """Create a study from a spec (JSON, or YAML with ``Content-Type: application/yaml``)."""
-    body = await request.body()
+    """Create a study from a spec (JSON, or YAML with ``Content-Type: application/yaml``); it
+    belongs to the key that created it."""
+    body = await request.body()  # after the key was checked (WriteKey): see service/limits.py
     content_type = request.headers.get("content-type")
 
     def create() -> StudyPublic:
         spec = parse_body(body, content_type, settings.limits)
-        return study_public(engine, storage, create_study(engine, storage, spec, owner=key))
+        with quotas.submission(engine, key, spec, settings):
+            row = create_study(engine, storage, spec, owner=key.name if key else None)
+        return study_public(engine, storage, row)
 
     return await run_in_threadpool(create)
 
@@ -119,21 +130,25 @@ async def submit(
 @router.get("")
 def list_studies(
     engine: EngineDep,
+    reader: ReadKey,
     status: StudyStatus | None = None,
-    name: Annotated[str | None, Query(max_length=200)] = None,
+    name: Annotated[str | None, _NAME_QUERY] = None,
     offset: Offset = 0,
     limit: Limit = 50,
 ) -> Page[StudySummary]:
-    """Studies, newest first; filter by status or by exact name."""
+    """Studies, newest first; filter by status or by exact name. Owners are shown to callers
+    with a valid key only."""
     page, total = list_study_rows(engine, status.value if status else None, name, offset, limit)
-    items = [StudySummary.from_row(r) for r in page]
+    items = [StudySummary.from_row(r).for_reader(reader) for r in page]
     return Page[StudySummary](items=items, total=total, offset=offset, limit=limit)
 
 
 @router.get("/{study_id}", responses=_NOT_FOUND)
-def get_study(study_id: StudyId, engine: EngineDep, storage: StorageDep) -> StudyPublic:
-    """Status, trial counts, progress and best value so far."""
-    return study_public(engine, storage, get_study_row(engine, study_id))
+def get_study(
+    study_id: StudyId, engine: EngineDep, storage: StorageDep, reader: ReadKey
+) -> StudyPublic:
+    """Status, trial counts, progress and best value so far (the owner: to callers with a key)."""
+    return study_public(engine, storage, get_study_row(engine, study_id)).for_reader(reader)
 
 
 @router.get("/{study_id}/trials", responses=_NOT_FOUND)
@@ -248,11 +263,51 @@ def insights(study_id: StudyId, engine: EngineDep, analyses: AnalysesDep) -> Res
 
 
 @router.post(
+    "/{study_id}/confirm",
+    status_code=201,
+    responses={
+        **_WRITE_ERRORS,
+        **_NOT_FOUND,
+        400: {"model": ErrorBody, "description": "Body is not text (not UTF-8)"},
+        409: {
+            "model": ErrorBody,
+            "description": "A confirmation study, no complete trial yet, or a confirmation "
+            "already active",
+        },
+        422: {"model": ErrorBody, "description": "Invalid body, or the plan is over a server cap"},
+        429: {"model": ErrorBody, "description": "Over the key's quota"},
+    },
+)
+def confirm(
+    study_id: StudyId,
+    settings: SettingsDep,
+    engine: EngineDep,
+    storage: StorageDep,
+    key: WriteKey,
+    body: ConfirmCreate | None = None,
+) -> StudyPublic:
+    """Plan and start confirmation runs of a study (owner or admin): a linked study of its own
+    (``<name>-confirm``, kind ``confirmation``, run by the same workers, fused where possible)
+    that varies one factor at a time around the best configuration over fresh seeds, scored on
+    the test split. The study's report then leads each practice with their findings."""
+    _check_owner(engine, key, study_id)
+    body = body or ConfirmCreate()
+    options = ConfirmOptions(seeds=body.seeds)
+    if body.lr_offsets is not None:
+        options = replace(options, lr_offsets=tuple(body.lr_offsets))
+    parent, plan = prepare_confirmation(engine, storage, study_id, options, settings.limits)
+    with quotas.submission(engine, key, plan.spec, settings):
+        row = create_planned(engine, storage, parent, plan, owner=key.name if key else None)
+    return study_public(engine, storage, row)
+
+
+@router.post(
     "/{study_id}/cancel",
     responses={**_WRITE_ERRORS, **_NOT_FOUND, 409: {"model": ErrorBody, "description": "Ended"}},
 )
-def cancel(study_id: StudyId, engine: EngineDep, storage: StorageDep, _: WriteKey) -> StudyPublic:
-    """Stop a study: no new trials; running trials stop at their next epoch."""
+def cancel(study_id: StudyId, engine: EngineDep, storage: StorageDep, key: WriteKey) -> StudyPublic:
+    """Stop a study: no new trials; running trials stop at their next epoch (owner or admin)."""
+    _check_owner(engine, key, study_id)
     return study_public(engine, storage, cancel_study(engine, study_id))
 
 
@@ -260,8 +315,10 @@ def cancel(study_id: StudyId, engine: EngineDep, storage: StorageDep, _: WriteKe
     "/{study_id}/pause",
     responses={**_WRITE_ERRORS, **_NOT_FOUND, 409: {"model": ErrorBody, "description": "Ended"}},
 )
-def pause(study_id: StudyId, engine: EngineDep, storage: StorageDep, _: WriteKey) -> StudyPublic:
-    """Pause a study: no new trials until resumed; running trials finish and count."""
+def pause(study_id: StudyId, engine: EngineDep, storage: StorageDep, key: WriteKey) -> StudyPublic:
+    """Pause a study: no new trials until resumed; running trials finish and count (owner or
+    admin)."""
+    _check_owner(engine, key, study_id)
     return study_public(engine, storage, pause_study(engine, study_id))
 
 
@@ -273,8 +330,9 @@ def pause(study_id: StudyId, engine: EngineDep, storage: StorageDep, _: WriteKey
         409: {"model": ErrorBody, "description": "Not paused"},
     },
 )
-def resume(study_id: StudyId, engine: EngineDep, storage: StorageDep, _: WriteKey) -> StudyPublic:
-    """Resume a paused study."""
+def resume(study_id: StudyId, engine: EngineDep, storage: StorageDep, key: WriteKey) -> StudyPublic:
+    """Resume a paused study (owner or admin)."""
+    _check_owner(engine, key, study_id)
     return study_public(engine, storage, resume_study(engine, study_id))
 
 
@@ -289,7 +347,14 @@ def delete(
     settings: SettingsDep,
     engine: EngineDep,
     storage: StorageDep,
-    _: WriteKey,
+    key: WriteKey,
 ) -> None:
-    """Delete a study that is not running, with its Optuna study and trials."""
+    """Delete a study that is not running, with its Optuna study and trials (owner or admin)."""
+    _check_owner(engine, key, study_id)
     delete_study(engine, storage, study_id, settings.grace_period_s)
+
+
+def _check_owner(engine: Engine, key: Caller | None, study_id: int) -> None:
+    """403 unless ``key`` owns the study or is an admin key (404 first if there is none)."""
+    row = get_study_row(engine, study_id)
+    check_owner(key, row.name, row.owner)

@@ -1,10 +1,11 @@
-"""Commands on studies: submit, status, watch, trials, best, report, importance, cancel, pause,
-resume, delete. Reads go through the API, or straight to a database with ``--storage``; both
-answer with the same models."""
+"""Commands on studies: submit, status, watch, trials, best, report, importance, confirm, cancel,
+pause, resume, delete. Reads go through the API, or straight to a database with ``--storage``;
+both answer with the same models."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -198,6 +199,110 @@ def report(
         typer.echo(f"HTML report written to {html}", err=True)
 
 
+@app.command()
+def confirm(
+    study: StudyArg,
+    seeds: Annotated[int, typer.Option(min=3, max=20, help="Fresh seeds per planned point")] = 3,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Local worker processes (with --storage)")
+    ] = 1,
+    lr_offsets: Annotated[
+        str | None,
+        typer.Option(
+            help="Learning-rate grid per placement, decades from its own best rate, e.g. "
+            "-1,-0.5,0,0.5,1 (must include 0; default -1,-0.5,-0.25,0,0.25,0.5,0.75,1)"
+        ),
+    ] = None,
+    storage: StorageOpt = None,
+    device: Annotated[
+        str, typer.Option(help="auto | cpu | cuda | cuda:N (with --storage)")
+    ] = "auto",
+    fuse: Annotated[
+        str | None,
+        typer.Option(help="Trials per fused model (with --storage): auto or 1..64"),
+    ] = None,
+) -> None:
+    """Confirmation runs: a linked study that varies one factor at a time around the best
+    configuration over fresh seeds, scored on the test split. With --storage: plan it (or resume
+    the active one), run it here and print the combined report; else ask the API to plan it
+    (its workers run it) and print the new study."""
+    offsets = _offsets(lr_offsets)
+    if storage is None:
+        client = api()
+        created = client.confirm(study, seeds, list(offsets) if offsets else None)
+        typer.echo("\n".join(summary_lines(created)))
+        typer.echo(f"report (when it has run): bnsweep report {study}")
+        return
+    _confirm_locally(study, seeds, offsets, workers, storage, device, fuse)
+
+
+def _offsets(text: str | None) -> tuple[float, ...] | None:
+    """``--lr-offsets``: comma-separated decades including 0; exit 2 with one line otherwise."""
+    if text is None:
+        return None
+    try:
+        offsets = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise fail(f"--lr-offsets: expected numbers like -1,-0.5,0,0.5,1; got {text!r}") from None
+    if 0.0 not in offsets or not all(-4 <= o <= 4 for o in offsets):
+        raise fail(f"--lr-offsets: needs 0 and values within -4..4; got {text!r}")
+    return offsets
+
+
+def _confirm_locally(
+    study: str,
+    seeds: int,
+    offsets: tuple[float, ...] | None,
+    workers: int,
+    storage: str,
+    device: str,
+    fuse: str | None,
+) -> None:
+    from rich.console import Console
+
+    import migrations
+    from search.confirm import ConfirmOptions, confirmations_of, create_confirmation
+    from search.runner import Progress, run_study
+    from search.states import StudyStatus
+    from search.storage import get_engine, get_storage
+    from search.studies import get_study_row, spec_of
+    from service.cli.common import storage_url
+    from service.cli.local import parse_fuse
+    from service.direct import DatabaseClient
+    from service.settings import get_settings
+
+    url = storage_url(storage)
+    migrations.upgrade(url)
+    engine = get_engine(url)
+    parent = get_study_row(engine, int(study) if study.isdigit() else study)
+    console = Console(stderr=True)
+    active = [c for c in confirmations_of(engine, parent.id) if StudyStatus(c.status).is_active]
+    if active:
+        row = active[0]
+        console.print(f"resuming confirmation study {row.id} {row.name!r}")
+    else:
+        options = ConfirmOptions(seeds=seeds)
+        if offsets is not None:
+            options = replace(options, lr_offsets=offsets)
+        row = create_confirmation(
+            engine, get_storage(url), parent.id, options, get_settings().limits
+        )
+        console.print(f"confirmation study {row.id} {row.name!r} planned")
+    spec = spec_of(row)
+    with study_progress_bar(console) as bar:
+        task = bar.add_task(spec.name, total=spec.budget.n_trials, detail="")
+
+        def show(p: Progress) -> None:
+            detail = f"{p.status.value} running {p.counts.running} failed {p.counts.fail}"
+            bar.update(task, completed=p.counts.finished, detail=detail)
+
+        final = run_study(
+            url, spec, n_workers=workers, device=device, on_progress=show, fuse=parse_fuse(fuse)
+        )
+    console.print(f"study {spec.name!r} {final.status.value}: {final.counts.as_dict()}")
+    print_report(DatabaseClient(url).report(parent.id))  # the command's result: stdout
+
+
 @app.command(hidden=True)
 def insights(study: StudyArg, as_json: JsonOpt = False, storage: StorageOpt = None) -> None:
     """The report, under its former name."""
@@ -225,6 +330,13 @@ def print_report(result: StudyReport, console: Console | None = None) -> None:
             effect += f" [{f.ci95[0]:+.3g}, {f.ci95[1]:+.3g}]"
         table.add_row(f.practice, f.strength, f.source, f.verdict, effect)
     out = console or Console()
+    info = result.confirmation
+    if info is not None:
+        status = f" ({info.status})" if info.status else ""
+        out.print(
+            f"confirmation runs: {info.study_name}{status}, {info.finished} of {info.planned} "
+            f"planned runs over {info.seeds} seed(s), scored on the test split"
+        )
     out.print(table)
     for warning in result.warnings:
         out.print(f"[yellow]warning:[/yellow] {warning}")

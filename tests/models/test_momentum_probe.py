@@ -92,18 +92,16 @@ def test_a_probed_run_trains_exactly_as_one_without_and_scores_each_momentum(dat
     # Bit for bit: the probe never touches training.
     assert [_metrics(e) for e in probed.epochs] == [_metrics(e) for e in plain.epochs]
     assert (probed.test_accuracy, probed.test_loss) == (plain.test_accuracy, plain.test_loss)
-    assert [m for m, _ in probed.test_accuracy_by_bn_momentum] == list(MOMENTA)
+    scored = dict(probed.test_accuracy_by_bn_momentum)
+    assert list(scored) == list(MOMENTA)
     one_sample = 1 / len(data.y_test)
-    for momentum, accuracy in probed.test_accuracy_by_bn_momentum:
+    assert scored[0.1] == pytest.approx(plain.test_accuracy, abs=one_sample)  # the trained one
+    for momentum in (0.01, 0.5):  # the others: as if trained again with them
         again = train(config(bn_momentum=momentum), data)
-        assert again.test_accuracy == pytest.approx(accuracy, abs=one_sample)
+        assert again.test_accuracy == pytest.approx(scored[momentum], abs=one_sample)
     assert plain.test_accuracy_by_bn_momentum == ()
-    assert (
-        train(config(bn_placement="none", bn_momentum_probe=MOMENTA), data).to_dict()[
-            "test_accuracy_by_bn_momentum"
-        ]
-        == []
-    )  # nothing to probe without BN
+    without_bn = train(config(bn_placement="none", bn_momentum_probe=MOMENTA), data)
+    assert without_bn.to_dict()["test_accuracy_by_bn_momentum"] == []  # nothing to probe
 
 
 def test_fused_members_probe_as_their_unfused_runs_even_after_one_leaves(data) -> None:

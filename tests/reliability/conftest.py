@@ -12,6 +12,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,25 @@ import pytest
 import migrations
 from search.storage import get_engine
 from service.auth import create_key
-from tests.reliability.helpers import ApiProcess
+from tests import support
+from tests.reliability.helpers import ApiProcess, PatientWorkerPool
 from tests.support import WorkerPool, load_test_plugins
 
 OUT_ENV = "BNSWEEP_RELIABILITY_OUT"
+# Heartbeat 1 s (tests/support.py), grace 5 s here: a live worker's heartbeat may be 4 s late
+# before its trial is failed as stale. Under `-n 2`, 8 workers and two CPU-burning processes on 2
+# cores, heartbeats were measured up to ~2 s late: the 3 s grace of the other suites is too close.
+GRACE_S = 5
+POLL_S = 0.2  # WorkerPool's --poll
+
+
+@dataclass(frozen=True)
+class Timing:
+    """The intervals this suite's workers and API run with (time bounds derive from them)."""
+
+    heartbeat_s: float
+    grace_s: float
+    poll_s: float
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -33,6 +49,19 @@ def pytest_configure(config: pytest.Config) -> None:
         " connections); run alone, after the rest (-m outage)",
     )
     config.addinivalue_line("markers", "scenario(title): the reliability scenario a test checks")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _suite_timing() -> Iterator[None]:
+    """This suite's grace period, set before any module fixture starts a process."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(support, "GRACE_S", GRACE_S)
+        yield
+
+
+@pytest.fixture
+def timing() -> Timing:
+    return Timing(heartbeat_s=support.HEARTBEAT_S, grace_s=support.GRACE_S, poll_s=POLL_S)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -74,7 +103,7 @@ def pg(pg_url: str) -> str:
 
 @pytest.fixture
 def workers() -> Iterator[WorkerPool]:
-    pool = WorkerPool()
+    pool = PatientWorkerPool()
     try:
         yield pool
     finally:
@@ -102,11 +131,24 @@ def api_process(pg: str) -> Iterator[Callable[..., ApiProcess]]:
             api.close()
 
 
+# The module API's body limits: 100 kB in general, 20 kB for a spec, 2 s to send a body.
+MAX_BODY_BYTES = 100_000
+MAX_SPEC_BYTES = 20_000
+BODY_TIMEOUT_S = 2.0
+
+
 @pytest.fixture(scope="module")
 def api(pg: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiProcess]:
-    """One running API process for a module (auth on, 20 kB body limit, its own data dir)."""
+    """One running API process for a module (auth on, the body limits above, its own data
+    dir)."""
     data_dir = tmp_path_factory.mktemp("data")
-    server = ApiProcess(pg, max_body_bytes=20_000, data_dir=data_dir)
+    server = ApiProcess(
+        pg,
+        max_body_bytes=MAX_BODY_BYTES,
+        max_spec_bytes=MAX_SPEC_BYTES,
+        body_timeout_s=BODY_TIMEOUT_S,
+        data_dir=data_dir,
+    )
     server.env["BNSWEEP_DATA_DIR"] = str(data_dir)  # where dataset paths resolve
     # tests/reliability/import_canary.py writes this file if anything ever imports it.
     server.env["BNSWEEP_CANARY_FILE"] = str(data_dir.parent / "canary-imported")

@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
-from tests.support import WorkerPool, make_study, tiny_spec
+from tests.reliability.helpers import PatientWorkerPool
+from tests.support import make_study, tiny_spec
 
 pytestmark = pytest.mark.postgres
 
@@ -25,7 +26,7 @@ def test_every_operation_survives_fuzzing_without_a_server_error(pg, api, api_ke
     # A finished study, so trials/best/importance also answer 200 for some generated ids.
     spec = tiny_spec("fuzz-seed", budget={"n_trials": 2})
     make_study(pg, spec)
-    pool = WorkerPool()
+    pool = PatientWorkerPool()
     try:
         pool.start(pg, "--study", spec.name, "--idle-exit", "1")
         pool.wait(timeout=90)

@@ -82,6 +82,6 @@ def test_a_confirmation_finding_renders_with_its_source_and_interval(report: Stu
         sample_size=3,
     )
     page = render_html(report.model_copy(update={"findings": [confirmed]}))
-    assert "source: confirmation; 3 independent units" in page
+    assert "source: confirmation (controlled runs over seeds, test split); 3 seeds" in page
     assert "+2.0 points (95% CI +1.0 to +3.0)" in page
     assert "<svg" not in page  # no plot data, no figure

@@ -332,3 +332,13 @@ def test_the_combined_report_puts_confirmation_first_and_keeps_the_study_finding
         and "<link" not in page  # self-contained: no script, no fetched asset
     )
     assert "test accuracy" in page and "parent-confirm" in page
+
+
+def test_a_confirmation_not_run_yet_adds_only_its_caveat(plan) -> None:
+    waiting = [
+        optuna.create_trial(state=TrialState.WAITING, user_attrs=attrs)
+        for attrs in plan.enqueue_attrs()
+    ]
+    report = analyze_confirmation(waiting, plan.spec, status="queued")
+    assert report.findings == []
+    assert report.warnings[0].startswith("the confirmation study is queued: 0 of 93 planned runs")

@@ -169,6 +169,35 @@ def test_enqueued_and_warm_started_configurations_come_first(url: str) -> None:
     ]
 
 
+def test_a_study_that_ends_leaves_nothing_waiting_and_queues_no_retry(url: str) -> None:
+    """Its budget reached, a study fails the configurations still queued in it (cancelled, with
+    the reason); a trial of it that goes stale afterwards is not retried."""
+    spec = tiny_spec("ends", budget={"n_trials": 1}, retries=2)
+    study_id = make_study(url, spec)
+    engine, storage = get_engine(url), get_storage(url, heartbeat_interval_s=1, grace_period_s=2)
+    study = optuna.load_study(study_name=spec.name, storage=storage)
+    study.enqueue_trial({"batch_size": 64})
+    first = claim_slot(engine, "w1", [study_id], 60)
+    second = claim_slot(engine, "w2", [study_id], 60)
+    assert first is not None and second is None  # one trial's budget
+    finisher = study.ask()  # the enqueued configuration, taken
+    straggler = study.ask()  # run beside it, e.g. by a worker that lost its slot: goes stale
+    study.enqueue_trial({"batch_size": 32})  # still queued when the study ends
+    storage.record_heartbeat(trial_id_of(straggler))
+    study.tell(finisher, 0.5)
+    finish_slot(engine, first.slot_id, TrialState.COMPLETE.name)
+    assert get_study_row(engine, study_id).status == StudyStatus.COMPLETED
+
+    _make_stale(url, straggler)
+    optuna.storages.fail_stale_trials(study)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.FAIL]
+    cancelled = trials[2].user_attrs
+    assert cancelled["status"] == "cancelled"
+    assert cancelled["reason"].startswith("the study ended (completed: 1 trials finished)")
+    assert "failed_trial" not in trials[1].system_attrs  # the stale one: failed, no retry
+
+
 def test_a_paused_study_takes_no_trial_until_resumed(url: str) -> None:
     spec = tiny_spec("paused")
     study_id = make_study(url, spec)

@@ -51,6 +51,9 @@ def test_created_study_links_its_pages(server, spec):
         "report": f"/api/v1/studies/{study['id']}/report",
         "report_html": f"/api/v1/studies/{study['id']}/report.html",
         "dashboard": f"/dashboard/studies/{study['optuna_study_id']}",
+        "confirm": f"/api/v1/studies/{study['id']}/confirm",
+        "confirmation": None,  # set once confirmation runs exist
+        "parent": None,  # set on a confirmation study
     }
 
 
@@ -87,7 +90,15 @@ def test_importance_of_a_finished_study(server, completed_study):
         result = http.get(f"{completed_study['links']['self']}/importance").json()
     assert result["target"] == "val_accuracy"
     assert result["reason"] is None
-    assert set(result["importances"]) <= set(completed_study["spec"]["search_space"])
+    # Every searched dimension has an importance (an empty answer fails), normalized to sum 1.
+    searched = {
+        name
+        for name, dim in completed_study["spec"]["search_space"].items()
+        if "choices" in dim or "low" in dim
+    }
+    assert searched and set(result["importances"]) == searched
+    assert all(v >= 0 for v in result["importances"].values())
+    assert sum(result["importances"].values()) == pytest.approx(1.0)
 
 
 def test_report_covers_each_varied_bn_practice_and_says_three_trials_prove_nothing(

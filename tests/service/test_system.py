@@ -90,6 +90,9 @@ def test_metrics_parse_as_prometheus_text(server, spec, worker, wait_for):
         ("GET", "/api/v1/workers"),
         ("POST", "/api/v1/studies/1/cancel"),
         ("POST", "/api/studies"),
+        ("GET", "/dashboard"),  # the dashboard is built on its first request: not without it
+        ("GET", "/api/studies"),
+        ("PUT", "/api/studies/1/note"),  # its one write: the key is checked in the database
     ],
 )
 def test_database_outage_is_503_json(server_without_database, method, path):
@@ -101,6 +104,30 @@ def test_database_outage_is_503_json(server_without_database, method, path):
     )
     assert response.status_code == 503
     assert response.json() == {"detail": "database unavailable"}
+
+
+def test_head_is_answered_as_get_without_a_body(server):
+    with server.client(key=None) as http:
+        for path in ("/healthz", "/api/v1/registry", "/api/v1/studies", "/dashboard"):
+            get, head = http.get(path), http.head(path)
+            assert (head.status_code, head.content) == (get.status_code, b""), path
+            assert head.headers["content-type"] == get.headers["content-type"], path
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/api/v1/nope", 404),
+        ("GET", "/api/nope", 404),
+        ("PUT", "/api/v1/studies", 405),
+        ("DELETE", "/api/v1/registry", 405),
+    ],
+)
+def test_paths_under_api_answer_json_errors(server, method, path, status):
+    with server.client() as http:
+        response = http.request(method, path)
+    assert response.status_code == status
+    assert isinstance(response.json()["detail"], str)
 
 
 def test_settings_refuse_a_grace_period_shorter_than_two_heartbeats():
