@@ -22,9 +22,37 @@ from sqlalchemy import (
     Text,
     func,
 )
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 
 from search.states import SlotState, StudyKind, StudyStatus, WorkerStatus
+
+
+class clock_now(FunctionElement[datetime]):  # an SQL function, named like func.now
+    """The database's clock when the statement runs, below the second: for claim and finish
+    times, which must order as the claims did. PostgreSQL's ``now()`` is the transaction's start
+    (before a claim waited for the study's lock); SQLite's ``CURRENT_TIMESTAMP`` has whole
+    seconds."""
+
+    type = DateTime(timezone=True)
+    inherit_cache = True
+
+
+@compiles(clock_now)
+def _clock_now(element: clock_now, compiler: SQLCompiler, **kw: Any) -> str:
+    return "CURRENT_TIMESTAMP(6)"  # MySQL/MariaDB: the statement's time, in microseconds
+
+
+@compiles(clock_now, "postgresql")
+def _clock_now_postgresql(element: clock_now, compiler: SQLCompiler, **kw: Any) -> str:
+    return "clock_timestamp()"
+
+
+@compiles(clock_now, "sqlite")
+def _clock_now_sqlite(element: clock_now, compiler: SQLCompiler, **kw: Any) -> str:
+    return "strftime('%Y-%m-%d %H:%M:%f', 'now')"
 
 
 class Base(DeclarativeBase):

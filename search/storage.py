@@ -186,6 +186,40 @@ STUDIES = _optuna_models.StudyModel.__table__
 STUDY_DIRECTIONS = _optuna_models.StudyDirectionModel.__table__
 
 
+def fail_waiting_trials(conn: Connection, optuna_study_id: int, reason: str) -> int:
+    """Fail a study's WAITING trials — retries and enqueued configurations that no worker will
+    run, because the study ended — with user attrs ``status: cancelled`` and ``reason``, in
+    ``conn``'s transaction; returns how many. A trial a worker took meanwhile is RUNNING: left."""
+    waiting = TRIALS.c.state == TrialState.WAITING
+    ids = list(
+        conn.execute(
+            sa.select(TRIALS.c.trial_id).where(TRIALS.c.study_id == optuna_study_id, waiting)
+        ).scalars()
+    )
+    if not ids:
+        return 0
+    conn.execute(
+        sa.update(TRIALS)
+        .where(TRIALS.c.trial_id.in_(ids), waiting)
+        .values(state=TrialState.FAIL, datetime_complete=datetime.now())
+    )
+    attrs = {"status": "cancelled", "reason": reason}
+    conn.execute(
+        sa.delete(TRIAL_USER_ATTRS).where(
+            TRIAL_USER_ATTRS.c.trial_id.in_(ids), TRIAL_USER_ATTRS.c.key.in_(list(attrs))
+        )
+    )
+    conn.execute(
+        sa.insert(TRIAL_USER_ATTRS),
+        [
+            {"trial_id": tid, "key": key, "value_json": json.dumps(value)}
+            for tid in ids
+            for key, value in attrs.items()
+        ],
+    )
+    return len(ids)
+
+
 def trial_state_name(state: TrialState | str) -> str:
     """A value of the trials table's state column as the API spells it (``complete``); drivers
     return Optuna's enum or its name."""
@@ -206,6 +240,14 @@ def study_id_of(study: optuna.Study) -> int:
 def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
     """The storage a study reads and writes."""
     return study._storage
+
+
+def engine_of(study: optuna.Study) -> Engine | None:
+    """The SQLAlchemy engine under a study's storage (an RDBStorage, cached or not), or None."""
+    storage = storage_of(study)
+    backend = getattr(storage, "_backend", storage)
+    engine = getattr(backend, "engine", None)
+    return engine if isinstance(engine, Engine) else None
 
 
 def distribution_contains(dist: BaseDistribution, value: object) -> bool:

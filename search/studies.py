@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 
 from models.errors import first_line
 from search import summary
-from search.db import AnalysisRow, SlotRow, StudyRow
+from search.db import AnalysisRow, SlotRow, StudyRow, clock_now
 from search.errors import StudyNotFoundError, StudyStateError
 from search.optuna_map import distributions, make_pruner, make_sampler
 from search.retry import STUDY_ATTR
@@ -33,6 +33,7 @@ from search.storage import (
     TRIAL_HEARTBEATS,
     TRIALS,
     distribution_contains,
+    fail_waiting_trials,
     locked_transaction,
     study_id_of,
 )
@@ -230,7 +231,7 @@ def _release_stale_slots(conn: Connection, study_id: int, grace_period_s: float)
             SlotRow.state == SlotState.ACTIVE.value,
             SlotRow.heartbeat_at < threshold,
         )
-        .values(state=SlotState.RELEASED.value, finished_at=sa.func.now())
+        .values(state=SlotState.RELEASED.value, finished_at=clock_now())
     )
 
 
@@ -243,10 +244,18 @@ def _active_slots(conn: Connection, study_id: int) -> int:
 
 
 def _set_status(conn: Connection, study_id: int, status: StudyStatus, reason: str = "") -> None:
+    """Set a study's status; one that ends also fails the trials still queued in it (a retry or
+    an enqueued configuration no worker will run), so that nothing is left WAITING."""
     values: dict[str, Any] = {"status": status.value, "status_reason": reason}
     if not status.is_active:
         values["finished_at"] = sa.func.now()
     conn.execute(sa.update(StudyRow).where(StudyRow.id == study_id).values(**values))
+    if not status.is_active:
+        oid = conn.execute(
+            sa.select(StudyRow.optuna_study_id).where(StudyRow.id == study_id)
+        ).scalar_one()
+        why = f"the study ended ({status.value}: {reason}) before this queued trial ran"
+        fail_waiting_trials(conn, oid, why)
 
 
 def _timed_out(conn: Connection, row: Any, spec: StudySpec) -> bool:
@@ -340,7 +349,12 @@ def _insert_slots(conn: Connection, row: Any, worker_id: str, count: int) -> lis
     slot_ids = [
         conn.execute(
             sa.insert(SlotRow)
-            .values(study_id=row.id, worker_id=worker_id, state=SlotState.ACTIVE.value)
+            .values(
+                study_id=row.id,
+                worker_id=worker_id,
+                state=SlotState.ACTIVE.value,
+                claimed_at=clock_now(),
+            )
             .returning(SlotRow.id)
         ).scalar_one()
         for _ in range(count)
@@ -396,7 +410,7 @@ def finish_slot(engine: Engine, slot_id: int, trial_state: str | None) -> None:
         conn.execute(
             sa.update(SlotRow)
             .where(SlotRow.id == slot_id)
-            .values(state=SlotState.DONE.value, trial_state=trial_state, finished_at=sa.func.now())
+            .values(state=SlotState.DONE.value, trial_state=trial_state, finished_at=clock_now())
         )
         if row is not None:
             spec = StudySpec.model_validate(row.spec)

@@ -187,7 +187,11 @@ def _ensure_tally(conn: Connection, optuna_study_id: int) -> None:
         **dict.fromkeys(("complete", "pruned", "fail", "running", "waiting"), 0),
         "synced_trial_id": -1,
     }
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    name = conn.dialect.name
+    if name in ("mysql", "mariadb"):  # no ON CONFLICT there: INSERT IGNORE
+        conn.execute(sa.insert(TALLY).values(**values).prefix_with("IGNORE"))
+        return
+    dialect = postgresql if name == "postgresql" else sqlite
     conn.execute(dialect.insert(TALLY).values(**values).on_conflict_do_nothing())
 
 
