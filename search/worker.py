@@ -71,6 +71,11 @@ log = logging.getLogger("bnsweep.worker")
 # Largest fused group ``fuse: auto`` tries (the measurement picks the fastest size up to it).
 AUTO_MAX_FUSE_CPU = 16
 AUTO_MAX_FUSE_CUDA = 64
+# A model-based sampler learns from finished trials; a group's members are all asked before any
+# of them finishes. ``fuse: auto`` keeps at least this many rounds of feedback in such a study:
+# groups of at most n_trials / AUTO_MIN_ROUNDS (a 40-trial TPE study: 4; 160 trials: 16).
+MODEL_BASED_SAMPLERS = frozenset({"tpe", "gp"})
+AUTO_MIN_ROUNDS = 10
 TIMING_METRICS = frozenset({Metric.TRAIN_SECONDS, Metric.SAMPLES_PER_SECOND})
 STUDY_CACHES = 2  # studies whose trials a worker keeps cached (see Worker._study_storage)
 T = TypeVar("T")
@@ -422,7 +427,8 @@ class Worker:
     def _group_size(self, spec: StudySpec, trial: optuna.Trial) -> int:
         """How many trials to train as one model with ``trial``: 1 unless the spec (or this
         worker's ``fuse``) allows more and the model can fuse; ``auto`` measures, on this device,
-        which group size trains fastest for this shape (cached per shape in this process)."""
+        which group size trains fastest for this shape (cached per shape in this process), up to
+        a bound that leaves a model-based sampler ``AUTO_MIN_ROUNDS`` rounds of feedback."""
         fuse = self.options.fuse if self.options.fuse is not None else spec.execution.fuse
         if fuse == 1 or any(t.metric in TIMING_METRICS for t in spec.objective.targets):
             return 1  # a fused member's time is its group's: not a time of its own to optimise
@@ -431,8 +437,12 @@ class Worker:
             return 1
         if fuse != "auto":
             return int(fuse)
-        data = load_dataset(config.dataset, config.dataset_params, device=self.device)
         max_k = AUTO_MAX_FUSE_CUDA if self.device.startswith("cuda") else AUTO_MAX_FUSE_CPU
+        if spec.sampler.name in MODEL_BASED_SAMPLERS:
+            max_k = max(1, min(max_k, spec.budget.n_trials // AUTO_MIN_ROUNDS))
+        if max_k == 1:
+            return 1
+        data = load_dataset(config.dataset, config.dataset_params, device=self.device)
         return best_group_size(config, data, max_k=max_k)
 
     def _load_study(self, claim: Claim) -> optuna.Study:

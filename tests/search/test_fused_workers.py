@@ -150,3 +150,19 @@ def test_a_worker_option_overrides_the_spec(url):
     _run(url, spec.name, fuse=1)
     assert {t.user_attrs["fuse_size"] for t in _trials(url, spec.name)} == {1}
     assert get_study_row(get_engine(url), spec.name).status == "completed"
+
+
+def test_auto_leaves_a_model_based_sampler_ten_rounds_of_feedback(url):
+    """``fuse: auto`` with TPE: groups of at most n_trials / 10, whatever size trains fastest (an
+    MLP this small trains fastest at the largest size tried, 16 on a CPU)."""
+    spec = tiny_spec(
+        "fused-auto-tpe",
+        search_space=SPACE,
+        budget={"n_trials": 20},
+        execution={"fuse": "auto"},
+        sampler={"name": "tpe", "seed": 0},
+    )
+    make_study(url, spec)
+    assert _run(url, spec.name) == 20
+    sizes = [t.user_attrs["fuse_size"] for t in _trials(url, spec.name)]
+    assert max(sizes) <= 2
