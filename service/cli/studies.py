@@ -309,26 +309,23 @@ def insights(study: StudyArg, as_json: JsonOpt = False, storage: StorageOpt = No
     report(study, as_json=as_json, html=None, storage=storage)
 
 
+ACCURACY_UNIT = "accuracy (fraction)"
+
+
 def print_report(result: StudyReport, console: Console | None = None) -> None:
-    """The report's findings as a table (practice, strength, source, verdict, effect) and its
-    warnings."""
+    """The report: a table of the findings (practice, source, strength, effect with its 95%
+    interval), then each finding's verdict in full, then the warnings."""
     from rich.console import Console
     from rich.table import Table
 
     counts = result.counts
     table = Table(
-        title=f"BN report on {result.metric}: {result.study_name} ({counts.used} trials used)",
-        show_lines=True,
+        title=f"BN report on {result.metric}: {result.study_name} ({counts.used} trials used)"
     )
-    for column in ("practice", "strength", "source", "verdict", "effect [95% CI]"):
+    for column in ("practice", "source", "strength", "effect [95% CI]"):
         table.add_column(column, overflow="fold")
     for f in result.findings:
-        estimate = f.effect.get("estimate")
-        unit = f.effect.get("unit", "")
-        effect = "-" if estimate is None else f"{estimate:+.3g} {unit}".strip()
-        if f.ci95 is not None:
-            effect += f" [{f.ci95[0]:+.3g}, {f.ci95[1]:+.3g}]"
-        table.add_row(f.practice, f.strength, f.source, f.verdict, effect)
+        table.add_row(f.practice, f.source, f.strength, _effect(f.effect, f.ci95))
     out = console or Console()
     info = result.confirmation
     if info is not None:
@@ -338,8 +335,22 @@ def print_report(result: StudyReport, console: Console | None = None) -> None:
             f"planned runs over {info.seeds} seed(s), scored on the test split"
         )
     out.print(table)
+    for f in result.findings:
+        out.print(f"[bold]{f.practice}[/bold] ({f.source}, {f.strength}): {f.verdict}", end="\n\n")
     for warning in result.warnings:
         out.print(f"[yellow]warning:[/yellow] {warning}")
+
+
+def _effect(effect: dict[str, Any], ci95: tuple[float, float] | None) -> str:
+    """``+2.17 points [+0.29, +4.04]``: accuracies in points, other units as the report has them."""
+    estimate, unit = effect.get("estimate"), str(effect.get("unit", ""))
+    if estimate is None:
+        return "-"
+    scale = 1.0
+    if unit.startswith(ACCURACY_UNIT):
+        scale, unit = 100.0, "points" + unit.removeprefix(ACCURACY_UNIT)
+    text = f"{estimate * scale:+.2f} {unit}".strip()
+    return text if ci95 is None else f"{text} [{ci95[0] * scale:+.2f}, {ci95[1] * scale:+.2f}]"
 
 
 def _change(action: str, study: str) -> None:
