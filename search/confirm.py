@@ -56,7 +56,9 @@ from search.studies import create_study, get_study_row
 
 PLAN_ATTR = "plan"  # the user attr of a planned trial: {"index": i, "roles": [...]}
 MIN_SEEDS, DEFAULT_SEEDS, MAX_SEEDS = 3, 3, 20
-LR_OFFSETS = (-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0)
+# Each placement's grid, in decades from its own best rate: up to 100x above it, where BN's edge
+# lies (a grid that stopped at +1 decade left BN's upper edge open in docs/bn-report.md's run).
+LR_OFFSETS = (-1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0)
 PROBE_MOMENTA = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 BATCH_FACTORS = (0.5, 2.0)
 MAX_PRECISE_BATCHES = 200

@@ -130,7 +130,7 @@ class ConfirmCreate(BaseModel):
         min_length=1,
         max_length=16,
         description="the learning-rate grid of each placement, in decades from its own best rate "
-        "(must include 0); default -1, -0.5, -0.25, 0, 0.25, 0.5, 0.75, 1",
+        "(must include 0); default -1, -0.5, 0, 0.5, 1, 1.5, 2",
     )
 
     @model_validator(mode="after")

@@ -208,7 +208,9 @@ def by_setting(points: Sequence[Point], key: Callable[[Point], str]) -> dict[str
 
 
 def pts(x: float) -> str:
-    """An accuracy difference in points."""
+    """An accuracy difference in points (NaN: nothing to compare)."""
+    if not math.isfinite(x):
+        return "an unknown amount (no comparable runs)"
     return f"{100 * x:+.1f} points"
 
 

@@ -210,7 +210,7 @@ def confirm(
         str | None,
         typer.Option(
             help="Learning-rate grid per placement, decades from its own best rate, e.g. "
-            "-1,-0.5,0,0.5,1 (must include 0; default -1,-0.5,-0.25,0,0.25,0.5,0.75,1)"
+            "-1,-0.5,0,0.5,1 (must include 0; default -1,-0.5,0,0.5,1,1.5,2)"
         ),
     ] = None,
     storage: StorageOpt = None,

@@ -271,9 +271,10 @@ def test_a_placement_that_does_not_matter_is_no_clear_winner(report) -> None:
 
 def test_a_learning_rate_that_diverges_without_bn_gives_bn_the_wider_window(report) -> None:
     f = get(report, Practice.LEARNING_RATE_STABILITY)
-    # BN trains up to 3, past the top of its grid (1.0): the difference is a lower bound.
+    # BN trains up to 3: its grid (0.01 to 10) finds the edge (1.0, the last grid point below 3),
+    # so the difference is an estimate, not a lower bound.
     assert f.strength is Strength.STRONG and f.effect["estimate"] > 0.3, f.verdict
-    assert "BN allows larger learning rates" in f.verdict and "at least" in f.verdict
+    assert "BN allows larger learning rates" in f.verdict and "at least" not in f.verdict
     windows = f.effect["windows"]
     assert windows[NONE][1] <= 0.3 < windows[BEFORE][1]
 
@@ -341,4 +342,4 @@ def test_a_confirmation_not_run_yet_adds_only_its_caveat(plan) -> None:
     ]
     report = analyze_confirmation(waiting, plan.spec, status="queued")
     assert report.findings == []
-    assert report.warnings[0].startswith("the confirmation study is queued: 0 of 93 planned runs")
+    assert report.warnings[0].startswith("the confirmation study is queued: 0 of 84 planned runs")
