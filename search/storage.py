@@ -83,6 +83,14 @@ def engine_kwargs(url: str, pool_size: int = WORKER_POOL_SIZE) -> dict[str, Any]
     }
 
 
+def _sqlite_pragmas(dbapi_conn: Any) -> None:
+    """WAL (readers never wait for the writer) and ``synchronous=NORMAL``, SQLite's advice for
+    WAL: a commit no longer waits for the disk (half the cost of each of a trial's writes); a
+    crash of the process loses nothing, a power loss may lose the last commits, never the file."""
+    dbapi_conn.execute("PRAGMA journal_mode=WAL")
+    dbapi_conn.execute("PRAGMA synchronous=NORMAL")
+
+
 def get_engine(url: str, pool_size: int = WORKER_POOL_SIZE) -> Engine:
     """The process-wide engine for bnsweep's tables (one per database, however the URL is
     spelled)."""
@@ -101,7 +109,7 @@ def _engine(url: str, pool_size: int) -> Engine:
         @event.listens_for(engine, "connect")
         def _sqlite_setup(dbapi_conn: Any, _: Any) -> None:
             dbapi_conn.isolation_level = None  # let the "begin" hook below control transactions
-            dbapi_conn.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
+            _sqlite_pragmas(dbapi_conn)
 
         @event.listens_for(engine, "begin")
         def _begin(conn: Connection) -> None:
@@ -162,7 +170,7 @@ def get_storage(
     from search.retry import RetryFromSpec
 
     url = normalize_url(url)
-    return optuna.storages.RDBStorage(
+    storage = optuna.storages.RDBStorage(
         url,
         engine_kwargs=engine_kwargs(url, pool_size),
         heartbeat_interval=heartbeat_interval_s,
@@ -170,6 +178,10 @@ def get_storage(
         heartbeat_stale_trial_callback=RetryFromSpec(),
         skip_table_creation=True,
     )
+    if is_sqlite(url):
+        event.listen(storage.engine, "connect", lambda conn, _: _sqlite_pragmas(conn))
+        storage.engine.dispose()  # the connection opened before the hook: reopened with it
+    return storage
 
 
 # --- Optuna's internals, in one place -------------------------------------------------------------
@@ -184,6 +196,38 @@ TRIAL_SYSTEM_ATTRS = _optuna_models.TrialSystemAttributeModel.__table__
 TRIAL_INTERMEDIATE_VALUES = _optuna_models.TrialIntermediateValueModel.__table__
 STUDIES = _optuna_models.StudyModel.__table__
 STUDY_DIRECTIONS = _optuna_models.StudyDirectionModel.__table__
+
+
+def set_trial_user_attrs(study: optuna.Study, trial_id: int, attrs: dict[str, Any]) -> None:
+    """Optuna's ``set_trial_user_attr`` for every item of ``attrs``, in one transaction instead
+    of one each (a trial's outcome has ~20 attrs: ~20 commits, a tenth of a one-second trial on
+    SQLite). UpdateFinishedTrialError if the trial has finished, as Optuna raises."""
+    engine = engine_of(study)
+    if engine is None:  # not an RDB storage
+        for key, value in attrs.items():
+            storage_of(study).set_trial_user_attr(trial_id, key, value)
+        return
+    with engine.begin() as conn:
+        state = conn.execute(
+            sa.select(TRIALS.c.state).where(TRIALS.c.trial_id == trial_id).with_for_update()
+        ).scalar_one()
+        if TrialState[state.name if isinstance(state, TrialState) else state].is_finished():
+            raise optuna.exceptions.UpdateFinishedTrialError(
+                f"trial {trial_id} has already finished and cannot be updated"
+            )
+        attrs_of = TRIAL_USER_ATTRS.c
+        conn.execute(
+            sa.delete(TRIAL_USER_ATTRS).where(
+                attrs_of.trial_id == trial_id, attrs_of.key.in_(list(attrs))
+            )
+        )
+        conn.execute(
+            sa.insert(TRIAL_USER_ATTRS),
+            [
+                {"trial_id": trial_id, "key": k, "value_json": json.dumps(v)}
+                for k, v in attrs.items()
+            ],
+        )
 
 
 def fail_waiting_trials(conn: Connection, optuna_study_id: int, reason: str) -> int:

@@ -49,6 +49,7 @@ from search.storage import (
     get_engine,
     get_storage,
     pop_waiting_trial,
+    set_trial_user_attrs,
     storage_of,
     study_id_of,
     trial_id_of,
@@ -513,10 +514,8 @@ class Worker:
     def _tell(self, study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome) -> bool:
         """Record the outcome; False if it could not be (the trial is then left to go stale and
         be retried, within the spec's retries)."""
-        storage = storage_of(study)
         try:
-            for key, value in outcome.user_attrs.items():
-                storage.set_trial_user_attr(trial_id_of(trial), key, value)
+            set_trial_user_attrs(study, trial_id_of(trial), outcome.user_attrs)
             # skip_if_finished: it may have been failed as stale between the attrs and the tell.
             study.tell(trial, outcome.values, state=outcome.state, skip_if_finished=True)
         except optuna.exceptions.UpdateFinishedTrialError:

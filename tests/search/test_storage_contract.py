@@ -27,6 +27,7 @@ from search.storage import (
     get_engine,
     get_storage,
     normalize_url,
+    set_trial_user_attrs,
     trial_id_of,
 )
 from search.studies import (
@@ -196,6 +197,23 @@ def test_a_study_that_ends_leaves_nothing_waiting_and_queues_no_retry(url: str) 
     assert cancelled["status"] == "cancelled"
     assert cancelled["reason"].startswith("the study ended (completed: 1 trials finished)")
     assert "failed_trial" not in trials[1].system_attrs  # the stale one: failed, no retry
+
+
+def test_user_attrs_written_at_once_read_back_as_optunas_and_never_on_a_finished_trial(
+    url: str,
+) -> None:
+    spec = tiny_spec("attrs-at-once")
+    make_study(url, spec)
+    study = optuna.load_study(study_name=spec.name, storage=get_storage(url))
+    trial = study.ask()
+    trial.set_user_attr("status", "running")  # one already there: replaced
+    attrs = {"status": "ok", "history": [{"epoch": 1, "loss": 0.5}], "seed": 3, "note": None}
+    set_trial_user_attrs(study, trial_id_of(trial), attrs)
+    study.tell(trial, 0.5)
+    assert study.trials[0].user_attrs == attrs
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        set_trial_user_attrs(study, trial_id_of(trial), {"status": "late"})
+    assert study.trials[0].user_attrs["status"] == "ok"
 
 
 def test_a_paused_study_takes_no_trial_until_resumed(url: str) -> None:
