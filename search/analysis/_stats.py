@@ -85,9 +85,23 @@ def partially_linear(y: Array, d: Array, basis: Array, counts: Array) -> Array:
 
 
 def matched(x: Array, keys: IntArray, d: Array, reach: float) -> NDArray[np.bool_]:
-    """Points with a point of the other group, and the same key, within ``reach`` in x."""
-    near = (np.abs(x[:, None] - x[None, :]) <= reach) & (keys[:, None] == keys[None, :])
-    return np.asarray((near & (d[:, None] != d[None, :])).any(axis=1), dtype=bool)
+    """Points with a point of the other group, and the same key, within ``reach`` in x.
+
+    By sorting, per key and group (n log n): a pairwise comparison needs n² memory, 31 GiB at the
+    65,000 points of a 100,000-trial study."""
+    out = np.zeros(len(x), dtype=bool)
+    for key in np.unique(keys):
+        in_key = keys == key
+        for group in np.unique(d[in_key]):
+            mine = np.flatnonzero(in_key & (d == group))
+            others = np.sort(x[in_key & (d != group)])
+            if others.size == 0:
+                continue
+            at = np.searchsorted(others, x[mine])
+            below = np.abs(x[mine] - others[np.clip(at - 1, 0, others.size - 1)])
+            above = np.abs(others[np.clip(at, 0, others.size - 1)] - x[mine])
+            out[mine] = np.minimum(below, above) <= reach
+    return out
 
 
 # --- level-set windows ----------------------------------------------------------------------------
