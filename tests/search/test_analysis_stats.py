@@ -1,10 +1,12 @@
-"""search.analysis._stats.matched: the same answer as the pairwise comparison it replaced, in
-n log n (the pairwise form needed 31 GiB for a 100,000-trial study's report)."""
+"""What keeps the report of a large study in bounds: ``_stats.matched`` gives the same answer as
+the pairwise comparison it replaced, in n log n (the pairwise form needed 31 GiB for a
+100,000-trial study's report); plots keep at most ``MAX_PLOT_ROWS`` rows per series."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from search.analysis._common import thin
 from search.analysis._stats import matched
 
 
@@ -29,3 +31,15 @@ def test_matched_handles_a_hundred_thousand_points() -> None:
     x, keys, d = rng.normal(size=n), rng.integers(0, 4, n), rng.integers(0, 2, n).astype(float)
     out = matched(x, keys, d, 0.01)
     assert out.shape == (n,) and 0.9 < out.mean() <= 1.0
+
+
+def test_plot_data_is_thinned_evenly_and_in_step() -> None:
+    """Parallel series keep the same rows; short ones are untouched; first and last kept."""
+    rows = [[i, i * 2] for i in range(10_000)]
+    xs = list(range(10_000))
+    plot = {"points": {"a": rows, "short": [[1, 2]]}, "x": xs, "curve": list(range(50))}
+    thinned = thin(plot, max_rows=2_000)
+    assert len(thinned["points"]["a"]) == len(thinned["x"]) == 2_000
+    assert [r[0] for r in thinned["points"]["a"]] == thinned["x"]  # the same rows of each
+    assert thinned["points"]["a"][0] == [0, 0] and thinned["points"]["a"][-1] == [9_999, 19_998]
+    assert thinned["points"]["short"] == [[1, 2]] and thinned["curve"] == list(range(50))
