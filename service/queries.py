@@ -10,11 +10,13 @@ the tally up to date with Optuna's tables (two small queries when nothing change
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any
 
 import optuna
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from search.analysis import StudyReport, analyze_confirmation, combine_reports, render_html
 from search.confirm import confirmations_of
@@ -24,7 +26,7 @@ from search.results import BestResult, TrialSummary, best_result
 from search.states import StudyKind, TrialStateName
 from search.storage import read_only, study_trials, trials_by_id
 from search.studies import get_study_row, spec_of
-from search.summary import front_trial_ids, page_trial_ids, refresh
+from search.summary import Tally, front_trial_ids, page_trial_ids, refresh
 from service.analyses import IMPORTANCE, REPORT, AnalysisCache, Cached
 from service.schemas import (
     Freshness,
@@ -76,18 +78,87 @@ def trial_page(
     valueless trials by number)."""
     with read_only(engine).connect() as conn:
         tally = refresh(engine, row.optuna_study_id, conn)
-        ids = page_trial_ids(
-            conn,
-            row.optuna_study_id,
-            state,
-            by_value=sort is SortKey.VALUE,
-            descending=order is Order.DESC,
-            offset=offset,
-            limit=limit,
-        )
-        trials = trials_by_id(conn, ids, details=False)
+        return _page(conn, row, tally, state, sort, order, offset, limit)
+
+
+def trial_page_json(
+    engine: Engine,
+    row: StudyRow,
+    state: TrialStateName | None = None,
+    sort: SortKey = SortKey.NUMBER,
+    order: Order = Order.ASC,
+    offset: int = 0,
+    limit: int = 50,
+) -> bytes:
+    """``trial_page`` as the JSON the API sends. A page whose trials have all finished is kept
+    (per process, ``PAGES``) for as long as the study's tally is the same: a finished trial never
+    changes, and any trial that starts or ends changes the tally's counts, so a kept page is the
+    page a new read would make. Pages are ~2 kB a trial: encoding one took most of the API's time
+    for it (docs/benchmarks.md, scale)."""
+    with read_only(engine).connect() as conn:
+        tally = refresh(engine, row.optuna_study_id, conn)
+        counts = tuple(tally.counts.as_dict().values())
+        key = (row.id, row.created_at, state, sort, order, offset, limit, counts)
+        if (kept := PAGES.get(key)) is not None:
+            return kept
+        page = _page(conn, row, tally, state, sort, order, offset, limit)
+    body = page.model_dump_json().encode()
+    if all(TrialStateName(t.state) in FINISHED_STATES for t in page.items):
+        PAGES.put(key, body)
+    return body
+
+
+def _page(
+    conn: Connection,
+    row: StudyRow,
+    tally: Tally,
+    state: TrialStateName | None,
+    sort: SortKey,
+    order: Order,
+    offset: int,
+    limit: int,
+) -> Page[TrialSummary]:
+    ids = page_trial_ids(
+        conn,
+        row.optuna_study_id,
+        state,
+        by_value=sort is SortKey.VALUE,
+        descending=order is Order.DESC,
+        offset=offset,
+        limit=limit,
+    )
+    trials = trials_by_id(conn, ids, details=False)
     items = [TrialSummary.of(trials[i]) for i in ids if i in trials]
     return Page[TrialSummary](items=items, total=tally.total(state), offset=offset, limit=limit)
+
+
+FINISHED_STATES = frozenset({TrialStateName.COMPLETE, TrialStateName.PRUNED, TrialStateName.FAIL})
+
+
+class KeptPages:
+    """Encoded trial pages, the most recently used ``size`` of them (thread-safe)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._pages: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[Any, ...]) -> bytes | None:
+        with self._lock:
+            body = self._pages.get(key)
+            if body is not None:
+                self._pages.move_to_end(key)
+            return body
+
+    def put(self, key: tuple[Any, ...], body: bytes) -> None:
+        with self._lock:
+            self._pages[key] = body
+            self._pages.move_to_end(key)
+            while len(self._pages) > self.size:
+                self._pages.popitem(last=False)
+
+
+PAGES = KeptPages(256)  # ~115 kB a page of 50: ~30 MB at most
 
 
 def best(engine: Engine, row: StudyRow) -> BestResult:

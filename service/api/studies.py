@@ -31,7 +31,7 @@ from service import queries, quotas
 from service.analyses import AnalysisCache
 from service.auth import Caller, check_owner
 from service.deps import AnalysesDep, EngineDep, ReadKey, SettingsDep, StorageDep, WriteKey
-from service.queries import AnalysisPendingError, study_public, trial_page
+from service.queries import AnalysisPendingError, study_public
 from service.schemas import (
     ConfirmCreate,
     ErrorBody,
@@ -151,7 +151,7 @@ def get_study(
     return study_public(engine, storage, get_study_row(engine, study_id)).for_reader(reader)
 
 
-@router.get("/{study_id}/trials", responses=_NOT_FOUND)
+@router.get("/{study_id}/trials", responses=_NOT_FOUND, response_model=Page[TrialSummary])
 def list_trials(
     study_id: StudyId,
     engine: EngineDep,
@@ -162,11 +162,12 @@ def list_trials(
     order: Order = Order.ASC,
     offset: Offset = 0,
     limit: Limit = 50,
-) -> Page[TrialSummary]:
+) -> Response:
     """Trials of a study; sorting by value puts trials without one last (multi-objective: the
     first objective). State names in any case (Optuna's COMPLETE too)."""
     row = get_study_row(engine, study_id)
-    return trial_page(engine, row, state, sort, order, offset, limit)
+    body = queries.trial_page_json(engine, row, state, sort, order, offset, limit)
+    return Response(body, media_type="application/json")
 
 
 @router.get(
