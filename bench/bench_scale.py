@@ -233,7 +233,11 @@ async def _open_loop(base: str, path: str, rate: float, seconds: float) -> tuple
     return latencies, errors
 
 
+WARM_UP_S = 1.0  # at the same rate, not counted: the API's pool and threads grow to the load
+
+
 def under_load(base: str, path: str, rate: float, seconds: float) -> tuple[float, float, float]:
+    asyncio.run(_open_loop(base, path, rate, WARM_UP_S))
     started = time.perf_counter()
     latencies, errors = asyncio.run(_open_loop(base, path, rate, seconds))
     achieved = len(latencies) / (time.perf_counter() - started)
