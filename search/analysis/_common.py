@@ -261,6 +261,48 @@ def thin(value: Any, max_rows: int = MAX_PLOT_ROWS) -> Any:
     return value
 
 
+def init_bn_verdict(both: str, said: str, strength: Strength, bn_matters_less: bool) -> str:
+    """The initialization × BN verdict once the comparison was made (not insufficient data):
+    ``both`` states the two effects, ``said`` the interaction with its interval."""
+    if decisive(strength) and bn_matters_less:
+        return f"{both}: BN reduces the dependence on initialization ({said}), as the article says"
+    if decisive(strength):
+        return (
+            f"{both}: with BN the choice of initialization matters more ({said}), contrary to "
+            "the article"
+        )
+    if strength is Strength.NO_CLEAR_WINNER:
+        return (
+            f"{both}: BN does not change how much initialization matters ({said}); the "
+            "article's claim that BN reduces the dependence on initialization is not borne out"
+        )
+    return f"{both}: cannot tell whether BN changes how much it matters ({said})"
+
+
+def eval_statistics_verdict(said: str, strength: Strength, estimate: float, margin: float) -> str:
+    """The running- vs batch-statistics verdict once the comparison was made: ``said`` is the
+    difference (running - batch) with its interval."""
+    if decisive(strength) and estimate < 0:
+        verdict = (
+            f"running statistics scored below each test batch's own statistics ({said}): the "
+            "running averages lag the weights or are too noisy — raise bn_momentum or use "
+            "precise BN before trusting evaluation-mode accuracy"
+        )
+    elif decisive(strength):
+        verdict = (
+            f"running statistics scored above each test batch's own statistics ({said}): "
+            "evaluating with the running averages, as the article advises, is the better choice"
+        )
+    elif strength is Strength.NO_CLEAR_WINNER:
+        verdict = (
+            f"running and batch statistics agree within ±{100 * margin:g} point ({said}): the "
+            "running averages are sound, as the article's evaluation-mode advice assumes"
+        )
+    else:
+        verdict = f"running minus batch statistics {said}: cannot tell whether they differ"
+    return verdict + "; batch statistics come from test batches of the training batch size"
+
+
 def finding(
     practice: Practice,
     verdict: str,

@@ -42,7 +42,9 @@ from search.analysis._common import (
     ci_pts,
     decisive,
     difference_strength,
+    eval_statistics_verdict,
     finding,
+    init_bn_verdict,
     lr_text,
     pts,
 )
@@ -650,25 +652,9 @@ def eval_statistics_confirmation(design: _Design) -> Finding | None:
     said = _said(gap)
     if strength is Strength.INSUFFICIENT_DATA:
         verdict = f"too few seeds to compare running and batch statistics ({said})"
-    elif decisive(strength) and gap.estimate < 0:
-        verdict = (
-            f"running statistics scored below each test batch's own statistics ({said}): the "
-            "running averages lag the weights or are too noisy — raise bn_momentum or use "
-            "precise BN before trusting evaluation-mode accuracy"
-        )
-    elif decisive(strength):
-        verdict = (
-            f"running statistics scored above each test batch's own statistics ({said}): "
-            "evaluating with the running averages, as the article advises, is the better choice"
-        )
-    elif strength is Strength.NO_CLEAR_WINNER:
-        verdict = (
-            f"running and batch statistics agree within ±{100 * margin:g} point ({said}): the "
-            "running averages are sound, as the article's evaluation-mode advice assumes"
-        )
+        verdict += "; batch statistics come from test batches of the training batch size"
     else:
-        verdict = f"running minus batch statistics {said}: cannot tell whether they differ"
-    verdict += "; batch statistics come from test batches of the training batch size"
+        verdict = eval_statistics_verdict(said, strength, gap.estimate, margin)
     effect = {
         "compared": "test accuracy with running statistics - with batch statistics",
         "estimate": gap.estimate,
@@ -822,22 +808,9 @@ def initialization_confirmation(design: _Design) -> Finding | None:
     said = _said(interaction)
     if strength is Strength.INSUFFICIENT_DATA:
         verdict = f"{both}: too few paired seeds to compare"
-    elif decisive(strength) and abs(bn_p.estimate) < abs(nobn_p.estimate):
-        verdict = (
-            f"{both}: BN reduces the dependence on initialization ({said}), as the article says"
-        )
-    elif decisive(strength):
-        verdict = (
-            f"{both}: with BN the choice of initialization matters more ({said}), contrary to "
-            "the article"
-        )
-    elif strength is Strength.NO_CLEAR_WINNER:
-        verdict = (
-            f"{both}: BN does not change how much initialization matters ({said}); the "
-            "article's claim that BN reduces the dependence on initialization is not borne out"
-        )
     else:
-        verdict = f"{both}: cannot tell whether BN changes how much it matters ({said})"
+        less = abs(bn_p.estimate) < abs(nobn_p.estimate)
+        verdict = init_bn_verdict(both, said, strength, less)
     return _confirmation(
         Practice.INITIALIZATION, verdict, strength, effect, interaction.ci95, interaction.n, plot
     )

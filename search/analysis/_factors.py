@@ -17,6 +17,7 @@ from search.analysis._common import (
     decisive,
     difference_strength,
     finding,
+    init_bn_verdict,
     pts,
 )
 from search.analysis._models import Finding, Practice, Strength
@@ -128,22 +129,8 @@ def initialization_finding(ctx: Context) -> Finding:
             f"too few configurations per initialization with and without BN at shared learning "
             f"rates (need {opts.min_points} each): {both}"
         )
-    elif decisive(strength) and abs(bn.estimate) < abs(nobn.estimate):
-        verdict = (
-            f"{both}: BN reduces the dependence on initialization by {said}, as the article says"
-        )
-    elif decisive(strength):
-        verdict = (
-            f"{both}: with BN the choice of initialization matters more ({said}), contrary to "
-            "the article"
-        )
-    elif strength is Strength.NO_CLEAR_WINNER:
-        verdict = (
-            f"{both}: BN does not change how much initialization matters ({said}); the "
-            "article's claim that BN reduces the dependence on initialization is not borne out"
-        )
     else:
-        verdict = f"{both}: cannot tell whether BN changes how much it matters ({said})"
+        verdict = init_bn_verdict(both, said, strength, abs(bn.estimate) < abs(nobn.estimate))
     return finding(
         Practice.INITIALIZATION,
         verdict,

@@ -21,6 +21,7 @@ from search.analysis._common import (
     compare,
     decisive,
     difference_strength,
+    eval_statistics_verdict,
     finding,
     pts,
 )
@@ -72,26 +73,7 @@ def eval_statistics_finding(ctx: Context) -> Finding:
     for p, g in zip(points, gaps.tolist(), strict=True):
         by_placement.setdefault(p.placement, []).append(g)
     said = f"{pts(mean)}, {ci_pts(ci)}"
-    if decisive(strength) and mean < 0:
-        verdict = (
-            f"running statistics scored below each test batch's own statistics ({said}): the "
-            "running averages lag the weights or are too noisy — raise bn_momentum or use "
-            "precise BN before trusting evaluation-mode accuracy"
-        )
-    elif decisive(strength):
-        verdict = (
-            f"running statistics scored above each test batch's own statistics ({said}): "
-            "evaluating with the running averages, as the article advises, is the better choice"
-        )
-    elif strength is Strength.NO_CLEAR_WINNER:
-        verdict = (
-            f"running and batch statistics agree within ±{100 * opts.practical_margin:g} point "
-            f"({said}): the running averages are sound, as the article's evaluation-mode advice "
-            "assumes"
-        )
-    else:
-        verdict = f"running minus batch statistics {said}: cannot tell whether they differ"
-    verdict += "; batch statistics come from test batches of the training batch size"
+    verdict = eval_statistics_verdict(said, strength, mean, opts.practical_margin)
     effect = {
         "compared": "test accuracy with running statistics - with batch statistics",
         "estimate": mean,
