@@ -57,6 +57,7 @@ from search.analysis._models import (
     Strength,
     StudyReport,
 )
+from search.analysis._placement import article_note
 from search.analysis._records import infer_val_size, read_study
 from search.spec import StudySpec
 
@@ -315,21 +316,6 @@ def _grids(design: _Design) -> dict[str, _Grid]:
     return grids
 
 
-def _article_placement(top: str, runner: str, strength: Strength) -> str:
-    if {top, runner} == {BEFORE, AFTER}:
-        if not decisive(strength):
-            return (
-                "; the article's advice to place BN before the activation made no measurable "
-                "difference in controlled runs"
-            )
-        if top == BEFORE:
-            return "; as the article advises (BN before the activation)"
-        return "; this contradicts the article's advice to place BN before the activation"
-    if top == NONE and decisive(strength):
-        return "; runs without BN did better: BN did not help this model, contrary to the article"
-    return ""
-
-
 def placement_confirmation(design: _Design, grids: dict[str, _Grid]) -> Finding:
     """Each placement at its own best learning rate of the grid, paired by seed."""
     margin = design.options.practical_margin
@@ -380,7 +366,7 @@ def placement_confirmation(design: _Design, grids: dict[str, _Grid]) -> Finding:
             f"no clear winner: {top} leads {runner} by {_said(head)}, but the interval allows no "
             f"difference{_seeds_needed(head, margin)}"
         )
-    verdict += _article_placement(top, runner, strength)
+    verdict += article_note(top, runner, strength, "in controlled runs")
     others = [f"{k}: {_said(p)}" for k, p in pairs.items() if k != f"{top} - {runner}"]
     if others:
         verdict += "; " + "; ".join(others)

@@ -55,12 +55,13 @@ def _conclusion(comparison: Comparison, strength: Strength) -> str:
     return "none" if strength is Strength.NO_CLEAR_WINNER else "open"
 
 
-def _article(top: str, runner: str, strength: Strength) -> str:
+def article_note(top: str, runner: str, strength: Strength, where: str = "here") -> str:
+    """What the placement finding says of the article's advice (BN before the activation)."""
     if {top, runner} == {BEFORE, AFTER}:
         if not decisive(strength):
             return (
                 "; the article's advice to place BN before the activation made no measurable "
-                "difference here"
+                f"difference {where}"
             )
         if top == BEFORE:
             return "; as the article advises (BN before the activation)"
@@ -126,7 +127,7 @@ def placement_finding(ctx: Context) -> Finding:
         strength = Strength.INSUFFICIENT_DATA
         verdict = f"no configuration of {top} or {runner} trained: nothing to compare"
     else:
-        verdict = _headline(head, strength, ctx) + _article(top, runner, strength)
+        verdict = _headline(head, strength, ctx) + article_note(top, runner, strength)
         if pruned[top] + pruned[runner]:
             alt = _without_pruned(ctx, head, key)
             alt_strength = alt.strength(opts.practical_margin, opts.min_points)
