@@ -14,7 +14,8 @@ import migrations
 from models.registry import load_plugins
 from search.storage import get_engine
 from service.auth import create_key
-from service.settings import Settings
+from service.cli import main
+from service.settings import Settings, get_settings
 from tests.support import run_worker, start_server
 
 MAX_BODY_BYTES = 20_000
@@ -115,3 +116,27 @@ def worker() -> Any:
 def wait_for() -> Any:
     """``wait_for(http, study_id, statuses, timeout_s=60)``: poll until the status is reached."""
     return wait_for_status
+
+
+@pytest.fixture
+def cli(
+    server: LiveServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Iterator[Any]:
+    """Run ``bnsweep ARGS`` against the live server; return (exit code, stdout, stderr)."""
+    monkeypatch.setenv("BNSWEEP_API_URL", server.url)
+    monkeypatch.setenv("BNSWEEP_API_KEY", server.key)
+    monkeypatch.setenv("BNSWEEP_DATABASE_URL", server.db_url)
+    get_settings.cache_clear()
+
+    def run(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exc:
+            code = exc.code or 0
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    yield run
+    get_settings.cache_clear()

@@ -4,32 +4,7 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
-from service.cli import main
 from service.settings import get_settings
-
-
-@pytest.fixture
-def cli(server, monkeypatch, capsys):
-    """Run ``bnsweep ARGS`` against the live server; return (exit code, stdout, stderr)."""
-    monkeypatch.setenv("BNSWEEP_API_URL", server.url)
-    monkeypatch.setenv("BNSWEEP_API_KEY", server.key)
-    monkeypatch.setenv("BNSWEEP_DATABASE_URL", server.db_url)
-    get_settings.cache_clear()
-
-    def run(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        try:
-            main(list(args))
-            code = 0
-        except SystemExit as exc:
-            code = exc.code or 0
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    yield run
-    get_settings.cache_clear()
 
 
 def test_submit_status_and_best(cli, server, spec, worker, tmp_path):

@@ -14,29 +14,6 @@ import pytest
 import yaml
 
 from search.storage import get_storage
-from service.cli import main
-from service.settings import get_settings
-
-
-@pytest.fixture
-def cli(server, monkeypatch, capsys):
-    """Run ``bnsweep ARGS`` against the live server; return (exit code, stdout, stderr)."""
-    monkeypatch.setenv("BNSWEEP_API_URL", server.url)
-    monkeypatch.setenv("BNSWEEP_API_KEY", server.key)
-    get_settings.cache_clear()
-
-    def run(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        try:
-            main(list(args))
-            code = 0
-        except SystemExit as exc:
-            code = exc.code or 0
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    yield run
-    get_settings.cache_clear()
 
 
 @pytest.fixture(scope="module")
